@@ -1,0 +1,41 @@
+"""A Vim block: add to the residual stream, RMSNorm, bidirectional Mamba mixer."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from timm.layers import DropPath, RmsNorm
+
+from ..ops import add_rms_norm
+from .mamba_mixer import BiMambaMixer
+
+__all__ = ["VimBlock"]
+
+
+class VimBlock(nn.Module):
+    """Pre-norm block that carries the residual stream beside its output, as Mamba's ``Block`` does.
+
+    ``forward(hidden, residual) -> (mixer output, residual stream)``: the block first adds the previous
+    block's output (through stochastic depth) to the stream, so the last block's output is still to be added
+    by whoever comes after it.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        drop_path: float = 0.0,
+        norm_eps: float = 1e-5,
+        residual_in_fp32: bool = True,
+        **mixer_kwargs,
+    ):
+        super().__init__()
+        self.norm = RmsNorm(dim, eps=norm_eps)
+        self.mixer = BiMambaMixer(dim, **mixer_kwargs)
+        self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+        self.residual_in_fp32 = residual_in_fp32
+
+    def forward(self, hidden: torch.Tensor, residual: torch.Tensor | None = None):
+        if residual is not None:
+            hidden = self.drop_path(hidden)
+        normed, residual = add_rms_norm(hidden, residual, self.norm.weight, self.norm.eps, self.residual_in_fp32)
+        return self.mixer(normed), residual

@@ -1,0 +1,116 @@
+"""Plain-PyTorch selective scan: the reference every faster path is tested against, and the CPU path.
+
+The call signature and tensor layout are mamba-ssm's ``selective_scan_fn``, so code written for it ports:
+
+    u, delta, z: (batch, dim, length)      A: (dim, state)      D, delta_bias: (dim,)
+    B, C: (batch, state, length), (batch, groups, state, length) or, time-invariant, (dim, state)
+
+For every channel d and state n, with the state starting at zero:
+
+    s[t] = exp(delta[t] * A[n]) * s[t-1] + delta[t] * B[t, n] * u[t]
+    y[t] = sum_n C[t, n] * s[t, n] + D * u[t],   then   y = y * silu(z)
+
+All arithmetic runs in fp32 whatever the input dtype; the output takes ``u``'s dtype.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["selective_scan_ref", "check_scan_inputs"]
+
+
+def check_scan_inputs(u, delta, A, B, C, D=None, z=None, delta_bias=None) -> None:
+    """Raise a ValueError that names the offending argument when shapes do not fit together."""
+    if u.dim() != 3:
+        raise ValueError(f"u must be (batch, dim, length), got shape {tuple(u.shape)}")
+    batch, dim, length = u.shape
+    if delta.shape != u.shape:
+        raise ValueError(f"delta must have u's shape {tuple(u.shape)}, got {tuple(delta.shape)}")
+    if A.dim() != 2 or A.shape[0] != dim:
+        raise ValueError(f"A must be (dim={dim}, state), got {tuple(A.shape)}")
+    if A.is_complex():
+        raise ValueError("complex A is not supported: Vim uses real (S4D-real) state matrices")
+    state = A.shape[1]
+    for name, mat in (("B", B), ("C", C)):
+        if mat.dim() == 2:
+            if mat.shape != (dim, state):
+                raise ValueError(f"time-invariant {name} must be (dim={dim}, state={state}), got {tuple(mat.shape)}")
+        elif mat.dim() == 3:
+            if mat.shape != (batch, state, length):
+                raise ValueError(f"{name} must be (batch={batch}, state={state}, length={length}), got {tuple(mat.shape)}")
+        elif mat.dim() == 4:
+            groups = mat.shape[1]
+            if mat.shape[0] != batch or mat.shape[2:] != (state, length) or dim % groups:
+                raise ValueError(
+                    f"grouped {name} must be (batch={batch}, groups dividing {dim}, state={state}, length={length}), "
+                    f"got {tuple(mat.shape)}")
+        else:
+            raise ValueError(f"{name} must have 2, 3 or 4 dimensions, got shape {tuple(mat.shape)}")
+    for name, vec in (("D", D), ("delta_bias", delta_bias)):
+        if vec is not None and vec.shape != (dim,):
+            raise ValueError(f"{name} must be (dim={dim},), got {tuple(vec.shape)}")
+    if z is not None and z.shape != u.shape:
+        raise ValueError(f"z must have u's shape {tuple(u.shape)}, got {tuple(z.shape)}")
+
+
+def _per_step(mat: torch.Tensor, dim: int) -> torch.Tensor:
+    """B or C as (batch, dim or 1, length, state) so it broadcasts against (batch, dim, length, state)."""
+    if mat.dim() == 3:
+        return mat.transpose(1, 2).unsqueeze(1)
+    groups = mat.shape[1]
+    return mat.repeat_interleave(dim // groups, dim=1).transpose(2, 3)
+
+
+def selective_scan_ref(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = False,
+    return_last_state: bool = False,
+):
+    """Selective scan in plain PyTorch, differentiable by autograd.
+
+    Vectorised over batch, channels and state; the only Python loop is over time, because each step
+    depends on the one before. Per step it does two element-wise ops on a (batch, dim, state) tensor,
+    which keeps both the time and the memory that autograd saves linear in the length.
+    """
+    check_scan_inputs(u, delta, A, B, C, D, z, delta_bias)
+    out_dtype = u.dtype
+    dim = u.shape[1]
+    u_f, delta_f, A_f = u.float(), delta.float(), A.float()
+    if delta_bias is not None:
+        delta_f = delta_f + delta_bias.float()[None, :, None]
+    if delta_softplus:
+        delta_f = F.softplus(delta_f)
+
+    # Decay and input for every step at once: (batch, dim, length, state).
+    decay = torch.exp(delta_f.unsqueeze(-1) * A_f[None, :, None, :])
+    if B.dim() == 2:
+        drive = (delta_f * u_f).unsqueeze(-1) * B.float()[None, :, None, :]
+    else:
+        drive = (delta_f * u_f).unsqueeze(-1) * _per_step(B.float(), dim)
+
+    state = u_f.new_zeros(u_f.shape[0], dim, A.shape[1])
+    states = []
+    for t in range(u.shape[2]):
+        state = decay[:, :, t] * state + drive[:, :, t]
+        states.append(state)
+    all_states = torch.stack(states, dim=2)  # (batch, dim, length, state)
+
+    if C.dim() == 2:
+        y = (all_states * C.float()[None, :, None, :]).sum(-1)
+    else:
+        y = (all_states * _per_step(C.float(), dim)).sum(-1)
+    if D is not None:
+        y = y + u_f * D.float()[None, :, None]
+    if z is not None:
+        y = y * F.silu(z.float())
+    y = y.to(out_dtype)
+    return (y, state) if return_last_state else y
