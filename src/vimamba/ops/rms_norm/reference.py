@@ -12,10 +12,15 @@ import torch
 __all__ = ["add_rms_norm_ref", "rms_norm_ref"]
 
 
+def _at_least_fp32(t: torch.Tensor) -> torch.Tensor:
+    return t if t.dtype in (torch.float32, torch.float64) else t.float()
+
+
 def rms_norm_ref(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-5, out_dtype=None) -> torch.Tensor:
-    """``x / sqrt(mean(x^2) + eps) * weight``, computed in fp32."""
-    x_f = x.float()
-    y = x_f * torch.rsqrt(x_f.pow(2).mean(-1, keepdim=True) + eps) * weight.float()
+    """``x / sqrt(mean(x^2) + eps) * weight``, computed in fp32 (fp64 stays fp64)."""
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    x_f = x.to(acc)
+    y = x_f * torch.rsqrt(x_f.pow(2).mean(-1, keepdim=True) + eps) * weight.to(acc)
     return y.to(out_dtype or x.dtype)
 
 
@@ -33,7 +38,7 @@ def add_rms_norm_ref(
     kernel does, so the mixer after it runs in the activation precision.
     """
     if residual is None:
-        stream = x.float() if residual_in_fp32 else x
+        stream = _at_least_fp32(x) if residual_in_fp32 else x
     else:
-        stream = (residual.float() + x.float()) if residual_in_fp32 else residual + x.to(residual.dtype)
+        stream = (_at_least_fp32(residual) + _at_least_fp32(x)) if residual_in_fp32 else residual + x.to(residual.dtype)
     return rms_norm_ref(stream, weight, eps, out_dtype=x.dtype), stream

@@ -1,0 +1,259 @@
+"""Every Vim variant: shapes, state dict, parameter counts, the timm interface, faithfulness to the spec."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import timm
+import torch
+
+import vimamba
+from vimamba.models import VARIANT_ALIASES, VARIANT_ARGS
+from vim_spec import spec_forward
+
+VARIANTS = list(VARIANT_ARGS)
+# From shared/spec/vim-architecture.md (millions, rounded to 2 decimals there).
+SPEC_PARAMS = {
+    "vim_tiny_patch16_224": 7.15,
+    "vim_small_patch16_224": 25.80,
+    "vim_base_patch16_224": 97.60,
+    "vim_tiny_patch16_stride8_224": 7.25,
+}
+
+
+def small(name="vim_tiny_patch16_224", **kwargs):
+    """A 2-block model of a variant's width: same code paths, a fraction of the time."""
+    kwargs.setdefault("depth", 2)
+    return timm.create_model(name, **kwargs)
+
+
+def expected_state_dict_shapes(name: str, num_classes: int = 1000) -> dict[str, tuple[int, ...]]:
+    """The spec's key/shape table, built independently of the model code."""
+    args = VARIANT_ARGS[name]
+    D, E, N, K = args["embed_dim"], 2 * args["embed_dim"], 16, 4
+    R = math.ceil(D / 16)
+    grid = (224 - 16) // args["stride"] + 1
+    T = grid * grid + 1
+    shapes = {
+        "cls_token": (1, 1, D),
+        "pos_embed": (1, T, D),
+        "patch_embed.proj.weight": (D, 3, 16, 16),
+        "patch_embed.proj.bias": (D,),
+        "norm_f.weight": (D,),
+        "head.weight": (num_classes, D),
+        "head.bias": (num_classes,),
+    }
+    for i in range(args["depth"]):
+        p = f"layers.{i}."
+        shapes[p + "norm.weight"] = (D,)
+        shapes[p + "mixer.in_proj.weight"] = (2 * E, D)
+        shapes[p + "mixer.out_proj.weight"] = (D, E)
+        for s in ("", "_b"):
+            shapes[p + f"mixer.conv1d{s}.weight"] = (E, 1, K)
+            shapes[p + f"mixer.conv1d{s}.bias"] = (E,)
+            shapes[p + f"mixer.x_proj{s}.weight"] = (R + 2 * N, E)
+            shapes[p + f"mixer.dt_proj{s}.weight"] = (E, R)
+            shapes[p + f"mixer.dt_proj{s}.bias"] = (E,)
+        shapes[p + "mixer.A_log"] = shapes[p + "mixer.A_b_log"] = (E, N)
+        shapes[p + "mixer.D"] = shapes[p + "mixer.D_b"] = (E,)
+    return shapes
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_state_dict_matches_spec_table(name):
+    model = timm.create_model(name, weight_init="skip")
+    got = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    assert got == expected_state_dict_shapes(name)
+    assert all(v.dtype == torch.float32 for v in model.state_dict().values())
+    assert not list(model.buffers())
+    if name in SPEC_PARAMS:
+        assert round(sum(p.numel() for p in model.parameters()) / 1e6, 2) == SPEC_PARAMS[name]
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_forward_backward_shapes(name):
+    model = small(name, num_classes=7)
+    stride = VARIANT_ARGS[name]["stride"]
+    grid = (224 - 16) // stride + 1
+    x = torch.randn(2, 3, 224, 224)
+    feats = model.forward_features(x)
+    assert feats.shape == (2, grid * grid + 1, VARIANT_ARGS[name]["embed_dim"])
+    logits = model.forward_head(feats)
+    assert logits.shape == (2, 7)
+    assert model.forward_head(feats, pre_logits=True).shape == (2, model.num_features)
+    logits.sum().backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert not missing
+
+
+@pytest.mark.parametrize("name", ["vim_tiny_patch16_224", "vim_tiny_patch16_stride8_224"])
+def test_full_depth_logits_match_the_spec(name):
+    """The modules and an independent float64 transcription of the spec agree on real-size models."""
+    torch.manual_seed(0)
+    model = timm.create_model(name).eval()
+    # Perturb the parameters the init leaves at constants so every term of the spec is exercised.
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if n.endswith(("D", "D_b", "norm.weight", "norm_f.weight")):
+                p.add_(torch.randn_like(p) * 0.1)
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        got = model(x).double()
+    want = spec_forward(model.state_dict(), x, stride=VARIANT_ARGS[name]["stride"])
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * want.abs().max().item())
+
+
+def test_aliases_and_registry():
+    for alias, short in VARIANT_ALIASES.items():
+        assert timm.is_model(alias)
+        model = timm.create_model(alias, depth=1, num_classes=3)
+        assert model.pretrained_cfg["architecture"] == short or model.pretrained_cfg["architecture"] == alias
+        assert model.patch_embed.stride == (VARIANT_ARGS[short]["stride"],) * 2
+    assert set(timm.list_models("vim_*")) >= set(VARIANTS)
+    assert set(timm.list_models("vim_*", pretrained=True)) >= {f"{v}.in1k" for v in VARIANTS}
+    with pytest.raises(ValueError, match="unknown Vim model 'vit_tiny'"):
+        vimamba.create_model("vit_tiny")
+
+
+def test_issue_example_call():
+    model = timm.create_model("vim_small_patch16_224", num_classes=10, drop_path_rate=0.1, img_size=512)
+    assert model.pos_embed.shape == (1, 32 * 32 + 1, 384)
+    assert model.head.out_features == 10
+    assert isinstance(model.drop_path, timm.layers.DropPath) and model.drop_path.drop_prob == 0.1
+    rates = [getattr(b.drop_path, "drop_prob", 0.0) for b in model.layers]
+    want = [0.0] + torch.linspace(0, 0.1, 24).tolist()[:-1]
+    assert rates == pytest.approx(want)
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_pretrained_cfg(name):
+    cfg = timm.create_model(name, depth=1).pretrained_cfg
+    assert cfg["input_size"] == (3, 224, 224)
+    assert cfg["crop_pct"] == 0.875 and cfg["interpolation"] == "bicubic"
+    assert cfg["mean"] == timm.data.IMAGENET_DEFAULT_MEAN and cfg["std"] == timm.data.IMAGENET_DEFAULT_STD
+    assert cfg["first_conv"] == "patch_embed.proj" and cfg["classifier"] == "head"
+    assert cfg["hf_hub_id"].startswith("hustvl/Vim-") and cfg["hf_hub_filename"].endswith(".pth")
+    data_cfg = timm.data.resolve_data_config({}, model=timm.create_model(name, depth=1))
+    assert data_cfg["input_size"] == (3, 224, 224)
+
+
+def test_reset_classifier_and_pools():
+    model = small()
+    model.reset_classifier(5)
+    x = torch.randn(1, 3, 224, 224)
+    assert model(x).shape == (1, 5)
+    model.reset_classifier(0)
+    assert model(x).shape == (1, 192)
+    model.reset_classifier(4, "avg")
+    feats = model.forward_features(x)
+    mid = (feats.shape[1] - 1) // 2
+    patches = torch.cat([feats[:, :mid], feats[:, mid + 1:]], 1)
+    torch.testing.assert_close(model.forward_head(feats, pre_logits=True), patches.mean(1))
+    model.reset_classifier(0, "")
+    assert model(x).shape == feats.shape
+    with pytest.raises(ValueError, match="global_pool"):
+        model.reset_classifier(3, "max")
+    no_cls = small(class_token=False, global_pool="avg", num_classes=2)
+    assert no_cls.forward_features(x).shape == (1, 196, 192) and no_cls(x).shape == (1, 2)
+    with pytest.raises(ValueError, match="needs class_token=True"):
+        small(class_token=False)
+
+
+def test_grad_checkpointing_gives_same_result():
+    torch.manual_seed(0)
+    model = small(num_classes=3)
+    x = torch.randn(2, 3, 224, 224)
+    model(x).sum().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    model.set_grad_checkpointing(True)
+    model(x).sum().backward()
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, grads[n], msg=n)
+
+
+def test_no_weight_decay_and_groups():
+    model = small()
+    nwd = model.no_weight_decay()
+    assert {"pos_embed", "cls_token", "layers.0.mixer.A_log", "layers.1.mixer.A_b_log",
+            "layers.0.mixer.D", "layers.1.mixer.D_b"} <= nwd
+    assert "layers.0.mixer.in_proj.weight" not in nwd
+    from timm.optim import create_optimizer_v2
+    groups = create_optimizer_v2(model, "adamw", lr=1e-3, weight_decay=0.05).param_groups
+    decayed = {id(p) for g in groups if g["weight_decay"] > 0 for p in g["params"]}
+    assert id(model.layers[0].mixer.A_log) not in decayed
+    assert id(model.layers[0].mixer.in_proj.weight) in decayed
+    from timm.models import group_parameters
+    grouped = group_parameters(model, model.group_matcher())
+    assert len(grouped) == 2 + 2  # stem, two blocks, final norm + head
+
+
+def test_init_follows_the_reference():
+    torch.manual_seed(0)
+    model = timm.create_model("vim_tiny_patch16_224")
+    mixer = model.layers[3].mixer
+    assert torch.equal(mixer.A_log[5], torch.log(torch.arange(1, 17, dtype=torch.float32)))
+    assert torch.equal(mixer.A_b_log, mixer.A_log) and torch.all(mixer.D == 1) and torch.all(mixer.D_b == 1)
+    dt = torch.nn.functional.softplus(mixer.dt_proj.bias)
+    assert dt.min() >= 1e-4 - 1e-7 and dt.max() <= 0.1 + 1e-6
+    assert mixer.dt_proj.weight.abs().max() <= 12 ** -0.5
+    # The quirk: the backward dt projection keeps PyTorch's default weight and a zero bias.
+    assert torch.all(mixer.dt_proj_b.bias == 0)
+    assert mixer.dt_proj_b.weight.abs().max() <= 1 / math.sqrt(12) + 1e-6
+    bound = math.sqrt(6 / ((1 + 5) * 384)) / math.sqrt(24)  # kaiming_uniform(a=sqrt 5) / sqrt(depth)
+    assert mixer.out_proj.weight.abs().max() <= bound + 1e-7
+    assert mixer.out_proj.weight.abs().max() > 0.9 * bound
+    assert torch.all(model.patch_embed.proj.bias == 0) and torch.all(model.head.bias == 0)
+    assert 0.015 < model.pos_embed.std() < 0.025 and 0.015 < model.head.weight.std() < 0.025
+    symmetric = timm.create_model("vim_tiny_patch16_224", depth=1, symmetric_dt_init=True).layers[0].mixer
+    assert torch.all(torch.nn.functional.softplus(symmetric.dt_proj_b.bias) >= 1e-4 - 1e-7)
+    assert torch.all(symmetric.dt_proj_b.bias != 0)
+
+
+@pytest.mark.parametrize("output_fmt", ["NCHW", "NLC"])
+def test_forward_intermediates(output_fmt):
+    model = small("vim_tiny_patch16_stride8_224", depth=4).eval()
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        final, inter = model.forward_intermediates(x, indices=[1, 3], output_fmt=output_fmt)
+        torch.testing.assert_close(final, model.forward_features(x))
+        grid = 27
+        want = (2, 192, grid, grid) if output_fmt == "NCHW" else (2, grid * grid, 192)
+        assert [tuple(t.shape) for t in inter] == [want, want]
+        only = model.forward_intermediates(x, indices=2, intermediates_only=True, output_fmt=output_fmt)
+        assert len(only) == 2
+        torch.testing.assert_close(only[1], inter[1])
+        normed = model.forward_intermediates(x, indices=[3], norm=True, intermediates_only=True, output_fmt="NLC")
+        feats = model.forward_features(x)
+        mid = (feats.shape[1] - 1) // 2
+        torch.testing.assert_close(normed[0], torch.cat([feats[:, :mid], feats[:, mid + 1:]], 1))
+        with_prefix = model.forward_intermediates(x, indices=[3], return_prefix_tokens=True, norm=True,
+                                                  intermediates_only=True, output_fmt="NLC")
+        torch.testing.assert_close(with_prefix[0][1], feats[:, mid:mid + 1])
+        early = model.forward_intermediates(x, indices=[1], stop_early=True, intermediates_only=True,
+                                            output_fmt=output_fmt)
+        torch.testing.assert_close(early[0], inter[0])
+
+
+def test_prune_and_features_only():
+    model = small(depth=4)
+    kept = model.prune_intermediate_layers([0, 2])
+    assert kept == [0, 2] and len(model.layers) == 3 and isinstance(model.head, torch.nn.Identity)
+    feat_model = timm.create_model("vim_tiny_patch16_224", depth=4, features_only=True, out_indices=(1, 3))
+    outs = feat_model(torch.randn(1, 3, 224, 224))
+    assert [tuple(o.shape) for o in outs] == [(1, 192, 14, 14)] * 2
+    assert feat_model.feature_info.reduction() == [16, 16]
+    s8 = timm.create_model("vim_small_patch16_stride8_224", depth=2, features_only=True, out_indices=(1,))
+    assert s8.feature_info.reduction() == [8] and s8.feature_info.channels() == [384]
+
+
+def test_bad_input_images():
+    model = small()
+    with pytest.raises(ValueError, match="built for 224x224.*dynamic_img_size=True"):
+        model(torch.randn(1, 3, 256, 256))
+    with pytest.raises(ValueError, match=r"\(batch, 3, height, width\)"):
+        model(torch.randn(1, 1, 224, 224))
+    dyn = small(dynamic_img_size=True)
+    with pytest.raises(ValueError, match="smaller than one 16x16 patch"):
+        dyn(torch.randn(1, 3, 8, 224))
