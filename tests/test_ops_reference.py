@@ -185,3 +185,15 @@ def test_add_rms_norm(dtype):
     out0, stream0 = add_rms_norm_ref(x, None, weight)
     assert stream0.dtype == torch.float32
     torch.testing.assert_close(out0, rms_norm_ref(x.float(), weight).to(dtype))
+
+
+def test_reverse_equals_flipped_forward():
+    u, delta, A, B, C, D, z, delta_bias = make_scan_inputs(2, 4, 3, 9)
+    y, last = selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, True, return_last_state=True, reverse=True)
+    y_f, last_f = selective_scan_ref(u.flip(-1), delta.flip(-1), A, B.flip(-1), C.flip(-1), D, z.flip(-1),
+                                     delta_bias, True, return_last_state=True)
+    torch.testing.assert_close(y, y_f.flip(-1))
+    torch.testing.assert_close(last, last_f)
+    x, w = torch.randn(2, 3, 8), torch.randn(3, 4)
+    torch.testing.assert_close(causal_conv1d_ref(x, w, None, "silu", reverse=True),
+                               causal_conv1d_ref(x.flip(-1), w, None, "silu").flip(-1))

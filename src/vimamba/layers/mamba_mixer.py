@@ -80,23 +80,26 @@ class BiMambaMixer(nn.Module):
         with torch.no_grad():
             layer.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
 
-    def _branch(self, x, z, conv1d, x_proj, dt_proj, A_log, D):
-        """One direction: conv + SiLU, input-dependent (dt, B, C), selective scan gated by silu(z)."""
-        u = causal_conv1d_fn(x, conv1d.weight.squeeze(1), conv1d.bias, activation="silu")
+    def _branch(self, x, z, conv1d, x_proj, dt_proj, A_log, D, reverse):
+        """One direction: conv + SiLU, input-dependent (dt, B, C), selective scan gated by silu(z).
+
+        The backward branch runs the same ops from the end of the sequence (``reverse``) instead of on
+        flipped copies, so its output is already in token order.
+        """
+        u = causal_conv1d_fn(x, conv1d.weight.squeeze(1), conv1d.bias, activation="silu", reverse=reverse)
         x_dbl = F.linear(u.transpose(1, 2), x_proj.weight)
         dt, B, C = x_dbl.split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         delta = F.linear(dt, dt_proj.weight).transpose(1, 2)
         A = -torch.exp(A_log.float())
         return selective_scan_fn(
             u, delta, A, B.transpose(1, 2), C.transpose(1, 2), D.float(), z,
-            delta_bias=dt_proj.bias.float(), delta_softplus=True)
+            delta_bias=dt_proj.bias.float(), delta_softplus=True, reverse=reverse)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         xz = self.in_proj(hidden).transpose(1, 2)
         x, z = xz.chunk(2, dim=1)
-        y = self._branch(x, z, self.conv1d, self.x_proj, self.dt_proj, self.A_log, self.D)
-        y_b = self._branch(x.flip(-1), z.flip(-1), self.conv1d_b, self.x_proj_b, self.dt_proj_b, self.A_b_log, self.D_b)
-        y = y + y_b.flip(-1)
+        y = self._branch(x, z, self.conv1d, self.x_proj, self.dt_proj, self.A_log, self.D, reverse=False)
+        y = y + self._branch(x, z, self.conv1d_b, self.x_proj_b, self.dt_proj_b, self.A_b_log, self.D_b, reverse=True)
         if self.divide_out:
             y = y / 2
         return self.out_proj(y.transpose(1, 2))

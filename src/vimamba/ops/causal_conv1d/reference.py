@@ -2,6 +2,7 @@
 
 Signature of the causal-conv1d package's ``causal_conv1d_fn``: x (batch, dim, length), weight (dim, width),
 bias (dim,), activation None or "silu"; the output at step t sees inputs t-width+1 .. t only.
+``reverse=True`` is the same conv run from the end (output t sees t .. t+width-1): flip, convolve, flip back.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ def causal_conv1d_ref(
     weight: torch.Tensor,
     bias: torch.Tensor | None = None,
     activation: str | None = None,
+    reverse: bool = False,
 ) -> torch.Tensor:
     if activation not in (None, "silu", "swish"):
         raise ValueError(f"activation must be None, 'silu' or 'swish', got {activation!r}")
@@ -24,6 +26,8 @@ def causal_conv1d_ref(
         raise ValueError(
             f"expected x (batch, dim, length) and weight (dim, width) with equal dim, "
             f"got x {tuple(x.shape)} and weight {tuple(weight.shape)}")
+    if reverse:
+        return causal_conv1d_ref(x.flip(-1), weight, bias, activation).flip(-1)
     dim, width = weight.shape
     out = F.conv1d(x, weight.unsqueeze(1).to(x.dtype), None if bias is None else bias.to(x.dtype),
                    padding=width - 1, groups=dim)[..., : x.shape[-1]]

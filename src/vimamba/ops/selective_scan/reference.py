@@ -75,14 +75,23 @@ def selective_scan_ref(
     delta_bias: torch.Tensor | None = None,
     delta_softplus: bool = False,
     return_last_state: bool = False,
+    reverse: bool = False,
 ):
     """Selective scan in plain PyTorch, differentiable by autograd.
+
+    ``reverse=True`` scans from the last step to the first (Vim's backward branch); it equals flipping
+    every time-indexed input, scanning, and flipping the output back.
 
     Vectorised over batch, channels and state; the only Python loop is over time, because each step
     depends on the one before. Per step it does two element-wise ops on a (batch, dim, state) tensor,
     which keeps both the time and the memory that autograd saves linear in the length.
     """
     check_scan_inputs(u, delta, A, B, C, D, z, delta_bias)
+    if reverse:
+        flip = lambda t: t if t is None or t.dim() == 2 else t.flip(-1)  # noqa: E731
+        out = selective_scan_ref(flip(u), flip(delta), A, flip(B), flip(C), D, flip(z), delta_bias,
+                                 delta_softplus, return_last_state)
+        return (out[0].flip(-1), out[1]) if return_last_state else out.flip(-1)
     out_dtype = u.dtype
     dim = u.shape[1]
     acc = torch.float64 if u.dtype == torch.float64 else torch.float32
