@@ -118,7 +118,9 @@ def _mismatch_report(model: nn.Module, state_dict: dict[str, Any], source: str) 
     if shapes:
         text += listing("different shapes", shapes)
     text += f"\n  the file holds: {describe_state_dict(state_dict)}"
-    if "head.weight" in [s.split(":")[0] for s in shapes]:
+    head = expected.get("head.weight")
+    if (head is not None and isinstance(state_dict.get("head.weight"), torch.Tensor)
+            and state_dict["head.weight"].shape != head.shape and state_dict["head.weight"].shape[1:] == head.shape[1:]):
         text += "\n  (for another number of classes, build the model with num_classes= or load with strict=False)"
     return text
 

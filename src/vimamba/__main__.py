@@ -1,0 +1,3 @@
+"""``python -m vimamba``: the ``vimamba`` command line."""
+from vimamba.cli.main import main
+raise SystemExit(main())
