@@ -1,0 +1,449 @@
+"""Triton kernels for Vim's depthwise causal conv1d (forward and backward), with SiLU fused.
+
+``causal_conv1d_triton(x, weight, bias=None, activation=None, reverse=False)`` has the semantics of
+``causal_conv1d_ref``: x (batch, dim, length) with any strides (a channel slice of the (batch, 2*dim, length)
+projection, or the transpose of a (batch, length, 2*dim) tensor, is read in place, not copied), weight
+(dim, width), bias (dim,), activation None / "silu" / "swish". The output is a new contiguous
+(batch, dim, length) tensor in x's dtype; all arithmetic is in fp32.
+
+Indexing. With ``sgn = -1`` (causal) or ``+1`` (``reverse``, the anti-causal conv that Vim's backward branch
+uses instead of flipping copies) and the tap for lag ``m`` being ``w[width - 1 - m]``::
+
+    y[t]   = bias + sum_m w[width-1-m] * x[t + sgn*m]          (x outside [0, length) reads as 0)
+    out[t] = silu(y[t]) if activation else y[t]
+
+so ``reverse=True`` equals ``flip(conv(flip(x)))``. Backward, with ``dy = dout * silu'(y)``::
+
+    dx[t]          = sum_m w[width-1-m] * dy[t - sgn*m]
+    dw[width-1-m]  = sum_{b,t} dy[t] * x[t + sgn*m]
+    dbias          = sum_{b,t} dy[t]
+
+The backward kernel recomputes ``y`` at the ``width`` output steps each x feeds, from the ``2*width - 1``
+shifted x tiles it loads once per length tile (the shifts overlap and come from L1/L2), so forward stores
+nothing but its output. Each backward program walks a chunk of length tiles of one (batch, channel block),
+accumulating the weight and bias gradients in registers; it writes them as one fp32 partial row per
+(batch, chunk), and torch sums the rows: deterministic, and safe to rerun under the autotuner. The number of
+chunks is the smallest that still gives about four programs per SM.
+
+Memory traffic: forward reads x once and writes the output once; backward reads x and dout once each and
+writes dx once (plus the small partial rows). Tiles are 2-D (channels x steps); Triton specialises a stride
+equal to 1, so accesses vectorise (16 bytes) along whichever of the two dimensions is contiguous in memory,
+where sizes and alignment allow, and the tile shape is picked for that case. Loads shifted along a
+contiguous length dimension, and the stores of length-contiguous rows when the length is not a multiple of
+the vector (Vim's 197), stay scalar but coalesced across the warp. Widths 1 to 4.
+
+Kernels are turned into Triton functions on first use, not at import: whether they run compiled (CUDA) or in
+Triton's interpreter (CPU tensors, ``TRITON_INTERPRET=1``) is decided by the environment at that moment, so
+setting the variable after this module was imported still works. For the same reason the kernel bodies call
+only builtins of ``triton.language`` (``tl.full``, ``tl.reduce`` with ``tl.standard._sum_combine``, ``tl.exp``),
+never ``tl.sum`` / ``tl.sigmoid`` / ``tl.zeros`` / ``tl.cdiv``: those are themselves ``@jit`` functions, fixed
+as compiled or interpreted when triton is imported, and the interpreter refuses the compiled ones.
+"""
+
+import os
+from typing import Optional
+
+import torch
+
+try:  # the module must import (and report HAS_TRITON = False) where triton is absent
+    import triton
+    import triton.language as tl
+    from triton.runtime.jit import JITFunction
+
+    HAS_TRITON = True
+except ImportError:  # pragma: no cover - exercised only without triton
+    triton = None
+    HAS_TRITON = False
+
+    class _NoTriton:  # stands in for ``tl`` so that the kernel signatures below still evaluate
+        constexpr = None
+
+    tl = _NoTriton()
+
+__all__ = ["HAS_TRITON", "causal_conv1d_triton"]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Kernels (plain functions; decorated lazily by _get_kernel)
+# ----------------------------------------------------------------------------------------------------------
+
+def _conv1d_fwd_kernel(
+    x_ptr, w_ptr, b_ptr, out_ptr,
+    D, L,
+    stride_xb, stride_xd, stride_xl,
+    stride_wd, stride_wk,
+    stride_ob, stride_od, stride_ol,
+    W: tl.constexpr, REVERSE: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
+):
+    pid_l = tl.program_id(0)
+    pid_d = tl.program_id(1)
+    pid_b = tl.program_id(2).to(tl.int64)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    offs_l = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)
+    mask_d = offs_d < D
+    x_rows = x_ptr + pid_b * stride_xb + offs_d[:, None] * stride_xd
+
+    acc = tl.full([BLOCK_D, BLOCK_L], 0.0, tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(b_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+        acc += bias[:, None]
+    for m in tl.static_range(W):  # lag m: tap w[W-1-m] times x[t + sgn*m]
+        if REVERSE:
+            pos = offs_l + m
+        else:
+            pos = offs_l - m
+        w_m = tl.load(w_ptr + offs_d * stride_wd + (W - 1 - m) * stride_wk, mask=mask_d, other=0.0).to(tl.float32)
+        mask_x = mask_d[:, None] & ((pos >= 0) & (pos < L))[None, :]
+        x_m = tl.load(x_rows + pos[None, :] * stride_xl, mask=mask_x, other=0.0).to(tl.float32)
+        acc += w_m[:, None] * x_m
+    if SILU:
+        acc = acc / (1.0 + tl.exp(-acc))
+
+    out_ptrs = out_ptr + pid_b * stride_ob + offs_d[:, None] * stride_od + offs_l[None, :] * stride_ol
+    mask_out = mask_d[:, None] & (offs_l < L)[None, :]
+    tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=mask_out)
+
+
+def _conv1d_bwd_kernel(
+    x_ptr, w_ptr, b_ptr, dout_ptr, dx_ptr, dw_part_ptr, db_part_ptr,
+    D, L, n_lblocks, tiles_per_prog,
+    stride_xb, stride_xd, stride_xl,
+    stride_wd, stride_wk,
+    stride_gb, stride_gd, stride_gl,
+    stride_dxb, stride_dxd, stride_dxl,
+    W: tl.constexpr, WP: tl.constexpr, REVERSE: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr,
+    WANT_DX: tl.constexpr, WANT_DW: tl.constexpr, WANT_DB: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
+):
+    # program (chunk c, channel block, batch b) handles length tiles [c*tiles_per_prog, (c+1)*tiles_per_prog)
+    pid_c = tl.program_id(0)
+    pid_d = tl.program_id(1)
+    pid_b = tl.program_id(2).to(tl.int64)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask_d = offs_d < D
+    x_rows = x_ptr + pid_b * stride_xb + offs_d[:, None] * stride_xd
+    g_rows = dout_ptr + pid_b * stride_gb + offs_d[:, None] * stride_gd
+    if HAS_BIAS:
+        bias = tl.load(b_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    taps = tl.arange(0, WP)
+    db_acc = tl.full([BLOCK_D], 0.0, tl.float32)
+    dw_acc = tl.full([BLOCK_D, WP], 0.0, tl.float32)  # column k: the gradient of w[:, k]
+
+    # the taps, w[:, k] for k < W (tuples are indexed with compile-time constants only)
+    w0 = tl.load(w_ptr + offs_d * stride_wd, mask=mask_d, other=0.0).to(tl.float32)
+    w1 = w0
+    w2 = w0
+    w3 = w0
+    if W > 1:
+        w1 = tl.load(w_ptr + offs_d * stride_wd + stride_wk, mask=mask_d, other=0.0).to(tl.float32)
+    if W > 2:
+        w2 = tl.load(w_ptr + offs_d * stride_wd + 2 * stride_wk, mask=mask_d, other=0.0).to(tl.float32)
+    if W > 3:
+        w3 = tl.load(w_ptr + offs_d * stride_wd + 3 * stride_wk, mask=mask_d, other=0.0).to(tl.float32)
+    ws = (w0, w1, w2, w3)
+
+    tile_start = pid_c * tiles_per_prog
+    tile_end = tl.minimum(tile_start + tiles_per_prog, n_lblocks)
+    for tile in range(tile_start, tile_end):
+        offs_l = tile * BLOCK_L + tl.arange(0, BLOCK_L)
+        # x at t + sgn*k for k = -3..3 (tuple index k + 3), each distinct shift loaded once; k < 0 only feeds
+        # the recomputed pre-activations, k >= 0 those and the weight gradient
+        zero = tl.full([BLOCK_D, BLOCK_L], 0.0, tl.float32)
+        xm3 = zero
+        xm2 = zero
+        xm1 = zero
+        x0 = zero
+        xp1 = zero
+        xp2 = zero
+        xp3 = zero
+        if SILU or WANT_DW:
+            q = offs_l
+            x0 = tl.load(x_rows + q[None, :] * stride_xl, mask=mask_d[:, None] & ((q >= 0) & (q < L))[None, :],
+                         other=0.0).to(tl.float32)
+            if W > 1:
+                if REVERSE:
+                    q = offs_l + 1
+                else:
+                    q = offs_l - 1
+                xp1 = tl.load(x_rows + q[None, :] * stride_xl,
+                              mask=mask_d[:, None] & ((q >= 0) & (q < L))[None, :], other=0.0).to(tl.float32)
+            if W > 2:
+                if REVERSE:
+                    q = offs_l + 2
+                else:
+                    q = offs_l - 2
+                xp2 = tl.load(x_rows + q[None, :] * stride_xl,
+                              mask=mask_d[:, None] & ((q >= 0) & (q < L))[None, :], other=0.0).to(tl.float32)
+            if W > 3:
+                if REVERSE:
+                    q = offs_l + 3
+                else:
+                    q = offs_l - 3
+                xp3 = tl.load(x_rows + q[None, :] * stride_xl,
+                              mask=mask_d[:, None] & ((q >= 0) & (q < L))[None, :], other=0.0).to(tl.float32)
+        if SILU:
+            if W > 1:
+                if REVERSE:
+                    q = offs_l - 1
+                else:
+                    q = offs_l + 1
+                xm1 = tl.load(x_rows + q[None, :] * stride_xl,
+                              mask=mask_d[:, None] & ((q >= 0) & (q < L))[None, :], other=0.0).to(tl.float32)
+            if W > 2:
+                if REVERSE:
+                    q = offs_l - 2
+                else:
+                    q = offs_l + 2
+                xm2 = tl.load(x_rows + q[None, :] * stride_xl,
+                              mask=mask_d[:, None] & ((q >= 0) & (q < L))[None, :], other=0.0).to(tl.float32)
+            if W > 3:
+                if REVERSE:
+                    q = offs_l - 3
+                else:
+                    q = offs_l + 3
+                xm3 = tl.load(x_rows + q[None, :] * stride_xl,
+                              mask=mask_d[:, None] & ((q >= 0) & (q < L))[None, :], other=0.0).to(tl.float32)
+        xs = (xm3, xm2, xm1, x0, xp1, xp2, xp3)
+
+        dx = tl.full([BLOCK_D, BLOCK_L], 0.0, tl.float32)
+        for m in tl.static_range(W):
+            # dy at p = t - sgn*m, the output step whose lag-m tap reads x[t]
+            if REVERSE:
+                p = offs_l - m
+            else:
+                p = offs_l + m
+            mask_p = mask_d[:, None] & ((p >= 0) & (p < L))[None, :]
+            dy = tl.load(g_rows + p[None, :] * stride_gl, mask=mask_p, other=0.0).to(tl.float32)
+            if SILU:  # recompute the pre-activation at p: y[p] = bias + sum_j w[W-1-j] * x[p + sgn*j]
+                y = tl.full([BLOCK_D, BLOCK_L], 0.0, tl.float32)
+                if HAS_BIAS:
+                    y += bias[:, None]
+                for j in tl.static_range(W):
+                    y += ws[W - 1 - j][:, None] * xs[j - m + 3]
+                sig = 1.0 / (1.0 + tl.exp(-y))
+                dy = dy * (sig * (1.0 + y * (1.0 - sig)))
+            if WANT_DX:
+                dx += ws[W - 1 - m][:, None] * dy
+            if m == 0:  # dy at t itself: this tile's share of the weight and bias gradients
+                if WANT_DB:
+                    db_acc += tl.reduce(dy, 1, tl.standard._sum_combine)
+                if WANT_DW:
+                    for j in tl.static_range(W):
+                        dw_j = tl.reduce(dy * xs[j + 3], 1, tl.standard._sum_combine)
+                        dw_acc += tl.where(taps[None, :] == (W - 1 - j), dw_j[:, None], 0.0)
+        if WANT_DX:
+            dx_ptrs = dx_ptr + pid_b * stride_dxb + offs_d[:, None] * stride_dxd + offs_l[None, :] * stride_dxl
+            mask_out = mask_d[:, None] & (offs_l < L)[None, :]
+            tl.store(dx_ptrs, dx.to(dx_ptr.dtype.element_ty), mask=mask_out)
+
+    # one partial row per (batch, chunk): layouts (parts, D) and (parts, W, D)
+    part = pid_b * tl.num_programs(0) + pid_c
+    if WANT_DB:
+        tl.store(db_part_ptr + part * D + offs_d, db_acc, mask=mask_d)
+    if WANT_DW:
+        dw_ptrs = dw_part_ptr + part * (W * D) + taps[None, :] * D + offs_d[:, None]
+        tl.store(dw_ptrs, dw_acc, mask=mask_d[:, None] & (taps < W)[None, :])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Lazy decoration, autotuning and tile shapes
+# ----------------------------------------------------------------------------------------------------------
+
+def _tiles_fwd(l_contig: bool):
+    """Candidate (BLOCK_D, BLOCK_L, num_warps) for the forward kernel, the heuristic choice first.
+
+    8-16 elements per thread: 56-98 registers on sm_90 (Triton 3.8, width 4, SiLU), no spills."""
+    if l_contig:  # steps contiguous: long rows along L
+        return [(4, 256, 4), (8, 128, 4), (8, 256, 8)]
+    return [(64, 16, 4), (32, 32, 4), (128, 16, 8)]  # channels contiguous: wide along D
+
+
+def _tile_l_bwd(l_contig: bool) -> int:
+    # Fixed per layout, not autotuned: with BLOCK_L fixed, the partial buffers do not depend on the config.
+    return 128 if l_contig else 16
+
+
+def _tiles_bwd_d(l_contig: bool):
+    """Candidate (BLOCK_D, num_warps) for the backward kernel: 2-4 elements per thread (it holds the 2W-1
+    shifted x tiles, W dout tiles and dx at once): 48-170 registers on sm_90, no spills."""
+    if l_contig:
+        return [(4, 4), (2, 4), (8, 8)]
+    return [(32, 4), (64, 8), (16, 4)]
+
+
+# The interpreter runs programs one after another in Python: fewer, larger tiles (same for both kernels).
+_INTERP_TILES = {True: (8, 256), False: (64, 256)}  # l_contig -> (BLOCK_D, BLOCK_L)
+
+_KERNELS = {}
+
+
+def _autotune_enabled() -> bool:
+    """``VIMAMBA_TRITON_AUTOTUNE=0`` skips autotuning: the first (heuristic) config of each list is used."""
+    return os.environ.get("VIMAMBA_TRITON_AUTOTUNE", "1").strip() != "0"
+
+
+def _get_kernel(name: str, l_contig: bool):
+    """(kernel, interpreted, autotuned) for the current mode.
+
+    ``triton.jit`` itself decides, from TRITON_INTERPRET as it is now, between a compiled kernel (autotuned
+    here over a few tiles unless VIMAMBA_TRITON_AUTOTUNE=0) and one for the interpreter (run with the fixed
+    _INTERP_TILES); one of each is kept per setting of the two variables.
+    """
+    tune = _autotune_enabled()
+    key = (name, l_contig, os.environ.get("TRITON_INTERPRET", ""), tune)
+    entry = _KERNELS.get(key)
+    if entry is None:
+        fn = triton.jit(_conv1d_fwd_kernel if name == "fwd" else _conv1d_bwd_kernel)
+        interp = not isinstance(fn, JITFunction)
+        tuned = tune and not interp
+        if tuned:
+            if name == "fwd":
+                configs = [triton.Config({"BLOCK_D": bd, "BLOCK_L": bl}, num_warps=nw)
+                           for bd, bl, nw in _tiles_fwd(l_contig)]
+            else:
+                configs = [triton.Config({"BLOCK_D": bd}, num_warps=nw) for bd, nw in _tiles_bwd_d(l_contig)]
+            fn = triton.autotune(configs=configs, key=["D", "L", "W", "stride_xd", "stride_xl"])(fn)
+        entry = _KERNELS[key] = (fn, interp, tuned)
+    return entry
+
+
+def _check_device(x: torch.Tensor) -> None:
+    if not HAS_TRITON:
+        raise RuntimeError("causal_conv1d_triton needs the triton package")
+    if not x.is_cuda and not _get_kernel("fwd", True)[1]:
+        raise RuntimeError("causal_conv1d_triton on CPU tensors runs in Triton's interpreter only: "
+                           "set TRITON_INTERPRET=1 before the first call")
+
+
+def _launch_fwd(x, weight, bias, silu, reverse):
+    batch, dim, length = x.shape
+    width = weight.shape[1]
+    out = torch.empty((batch, dim, length), device=x.device, dtype=x.dtype)
+    if out.numel() == 0:
+        return out
+    l_contig = x.stride(2) == 1 or length == 1
+    kern, interp, tuned = _get_kernel("fwd", l_contig)
+    grid = lambda meta: (triton.cdiv(length, meta["BLOCK_L"]), triton.cdiv(dim, meta["BLOCK_D"]), batch)  # noqa: E731
+    extra = {}
+    if interp:
+        bd, bl = _INTERP_TILES[l_contig]
+        extra = {"BLOCK_D": bd, "BLOCK_L": bl}
+    elif not tuned:
+        bd, bl, nw = _tiles_fwd(l_contig)[0]
+        extra = {"BLOCK_D": bd, "BLOCK_L": bl, "num_warps": nw}
+    kern[grid](
+        x, weight, bias if bias is not None else weight, out,
+        dim, length,
+        x.stride(0), x.stride(1), x.stride(2),
+        weight.stride(0), weight.stride(1),
+        out.stride(0), out.stride(1), out.stride(2),
+        W=width, REVERSE=bool(reverse), HAS_BIAS=bias is not None, SILU=bool(silu),
+        **extra,
+    )
+    return out
+
+
+def _length_chunks(n_lblocks: int, batch: int, dim: int, l_contig: bool, device, interp: bool):
+    """Length tiles per backward program: enough programs to fill the GPU (about 4 per SM), otherwise as few
+    partial rows as possible (each program accumulates its tiles' weight/bias gradients in registers)."""
+    if interp:
+        return 2  # exercises the loop over tiles
+    n_dblocks = triton.cdiv(dim, _tiles_bwd_d(l_contig)[0][0])
+    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
+    chunks = min(n_lblocks, max(1, triton.cdiv(4 * sms, batch * n_dblocks)))
+    return triton.cdiv(n_lblocks, chunks)
+
+
+def _launch_bwd(x, weight, bias, dout, silu, reverse, want_dx, want_dw, want_db):
+    batch, dim, length = x.shape
+    width = weight.shape[1]
+    dx = torch.empty((batch, dim, length), device=x.device, dtype=x.dtype) if want_dx else None
+    l_contig = x.stride(2) == 1 or length == 1
+    kern, interp, tuned = _get_kernel("bwd", l_contig)
+    block_l = _INTERP_TILES[l_contig][1] if interp else _tile_l_bwd(l_contig)
+    n_lblocks = triton.cdiv(length, block_l)
+    tiles_per_prog = _length_chunks(n_lblocks, batch, dim, l_contig, x.device, interp) if n_lblocks else 1
+    n_chunks = triton.cdiv(n_lblocks, tiles_per_prog)
+    n_parts = batch * n_chunks
+    dw_part = torch.empty((n_parts, width, dim), device=x.device, dtype=torch.float32) if want_dw else None
+    db_part = torch.empty((n_parts, dim), device=x.device, dtype=torch.float32) if want_db else None
+    if x.numel() > 0:
+        grid = lambda meta: (n_chunks, triton.cdiv(dim, meta["BLOCK_D"]), batch)  # noqa: E731
+        extra = {}
+        if interp:
+            extra = {"BLOCK_D": _INTERP_TILES[l_contig][0]}
+        elif not tuned:
+            bd, nw = _tiles_bwd_d(l_contig)[0]
+            extra = {"BLOCK_D": bd, "num_warps": nw}
+        dummy = dout
+        kern[grid](
+            x, weight, bias if bias is not None else weight, dout,
+            dx if dx is not None else dummy,
+            dw_part if dw_part is not None else dummy,
+            db_part if db_part is not None else dummy,
+            dim, length, n_lblocks, tiles_per_prog,
+            x.stride(0), x.stride(1), x.stride(2),
+            weight.stride(0), weight.stride(1),
+            dout.stride(0), dout.stride(1), dout.stride(2),
+            *(dx.stride() if dx is not None else (0, 0, 0)),
+            W=width, WP=triton.next_power_of_2(width), REVERSE=bool(reverse), HAS_BIAS=bias is not None,
+            SILU=bool(silu), WANT_DX=bool(want_dx), WANT_DW=bool(want_dw), WANT_DB=bool(want_db),
+            BLOCK_L=block_l, **extra,
+        )
+    dw = None
+    if want_dw:
+        dw = dw_part.sum(0).t().contiguous().to(weight.dtype) if n_parts else torch.zeros_like(weight)
+    db = None
+    if want_db:
+        db = db_part.sum(0).to(bias.dtype) if n_parts else torch.zeros_like(bias)
+    return dx, dw, db
+
+
+class _CausalConv1dFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, silu, reverse):
+        out = _launch_fwd(x, weight, bias, silu, reverse)
+        ctx.save_for_backward(x, weight, bias)
+        ctx.silu = silu
+        ctx.reverse = reverse
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        x, weight, bias = ctx.saved_tensors
+        want_dx, want_dw, want_db = ctx.needs_input_grad[:3]
+        want_db = want_db and bias is not None
+        if not (want_dx or want_dw or want_db):
+            return None, None, None, None, None
+        dx, dw, db = _launch_bwd(x, weight, bias, dout, ctx.silu, ctx.reverse, want_dx, want_dw, want_db)
+        return dx, dw, db, None, None
+
+
+def causal_conv1d_triton(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor] = None,
+    activation: Optional[str] = None,
+    reverse: bool = False,
+) -> torch.Tensor:
+    """Depthwise causal (``reverse=False``) or anti-causal (``reverse=True``) conv1d, SiLU optionally fused.
+
+    Same arguments and result as ``causal_conv1d_ref``; differentiable in x, weight and bias.
+    """
+    if activation not in (None, "silu", "swish"):
+        raise ValueError(f"activation must be None, 'silu' or 'swish', got {activation!r}")
+    if x.dim() != 3 or weight.dim() != 2 or weight.shape[0] != x.shape[1]:
+        raise ValueError(
+            f"expected x (batch, dim, length) and weight (dim, width) with equal dim, "
+            f"got x {tuple(x.shape)} and weight {tuple(weight.shape)}")
+    if not 1 <= weight.shape[1] <= 4:
+        raise ValueError(f"weight must have 1 to 4 taps (width), got {weight.shape[1]}")
+    if bias is not None and (bias.dim() != 1 or bias.shape[0] != x.shape[1]):
+        raise ValueError(f"expected bias of shape ({x.shape[1]},), got {tuple(bias.shape)}")
+    _check_device(x)
+    if weight.device != x.device or (bias is not None and bias.device != x.device):
+        raise ValueError("x, weight and bias must be on the same device")
+    if bias is not None:
+        bias = bias.contiguous()  # a no-op for a parameter; autograd sees through it otherwise
+    return _CausalConv1dFn.apply(x, weight, bias, activation is not None, bool(reverse))

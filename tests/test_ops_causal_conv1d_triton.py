@@ -1,0 +1,279 @@
+"""The Triton causal conv1d (forward and backward) against the plain-PyTorch reference.
+
+Without a GPU the kernels run in Triton's interpreter: TRITON_INTERPRET=1 is set below before the module is
+used. The kernels are jitted on first call and use only builtins of triton.language, so this works even
+when triton was imported earlier in the process (as importing vimamba does); when it was, the test that
+compiles the kernels for sm_90 (no GPU needed: Triton's passes and ptxas) runs too, otherwise it is skipped.
+On a CUDA machine the same tests run the compiled kernels (heuristic configs; test_autotuned autotunes).
+
+Expected values: ``causal_conv1d_ref`` run in float64 on the CPU on the very same (rounded) inputs, with the
+same output gradient, so the only differences are the kernel's fp32 accumulation and its output rounding.
+Errors are measured as ``max|got - expected| / max|expected|`` per tensor. Tolerances (TOL below):
+
+* fp32: 1e-5;
+* fp16: 1e-2 (rounding of outputs and input gradients to fp16, 2^-11, plus fp32 accumulation);
+* bf16: 1e-2 compiled; 2e-2 in the interpreter, which converts fp32 to bf16 by truncation (up to one bf16
+  ulp, 2^-7 relative, where the GPU rounds to nearest).
+
+Weight and bias gradients are accumulated in fp32 in every case and returned in the parameters' dtype.
+"""
+
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"  # before the first kernel launch
+
+import pytest  # noqa: E402
+
+from vimamba.ops.causal_conv1d.reference import causal_conv1d_ref  # noqa: E402
+from vimamba.ops.causal_conv1d.triton_conv1d import HAS_TRITON, causal_conv1d_triton  # noqa: E402
+
+pytestmark = pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+INTERPRETED = DEVICE == "cpu" or os.environ.get("TRITON_INTERPRET") == "1"
+TOL = {
+    torch.float32: 1e-5,
+    torch.float16: 1e-2,
+    torch.bfloat16: 2e-2 if INTERPRETED else 1e-2,
+}
+LENGTHS = [1, 2, 7, 197, 730]
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+
+
+@pytest.fixture(autouse=True)
+def _heuristic_configs(request, monkeypatch):
+    """On a GPU, tests use each kernel's heuristic config (autotuning their many variants would take minutes);
+    test_autotuned runs the autotuner. No effect in the interpreter, which never autotunes."""
+    if not request.node.name.startswith("test_autotuned"):
+        monkeypatch.setenv("VIMAMBA_TRITON_AUTOTUNE", "0")
+
+
+def rel_err(got: torch.Tensor, expected: torch.Tensor) -> float:
+    got, expected = got.detach().cpu().double(), expected.detach().cpu().double()
+    assert got.shape == expected.shape
+    return ((got - expected).abs().max() / expected.abs().max().clamp_min(1e-12)).item()
+
+
+def make_x(batch, dim, length, layout, dtype, gen):
+    """x (batch, dim, length) as the model makes it: contiguous, a channel slice, or a transposed slice."""
+    if layout == "contiguous":
+        base = torch.randn(batch, dim, length, generator=gen)
+        view = lambda t: t  # noqa: E731
+    elif layout == "channel_slice":  # x of xz = in_proj(...).transpose -> contiguous along length
+        base = torch.randn(batch, 2 * dim, length, generator=gen)
+        view = lambda t: t[:, dim:]  # noqa: E731
+    elif layout == "transpose":  # (batch, length, 2*dim) projection, transposed and sliced: contiguous along dim
+        base = torch.randn(batch, length, 2 * dim, generator=gen)
+        view = lambda t: t.transpose(1, 2)[:, :dim]  # noqa: E731
+    else:
+        raise ValueError(layout)
+    base = base.to(DEVICE, dtype).requires_grad_(True)
+    x = view(base)
+    return base, x
+
+
+def check(batch, dim, length, width, dtype, layout, use_bias, activation, reverse, seed=0, param_dtype=None,
+          grad_layout="contiguous"):
+    gen = torch.Generator().manual_seed(seed)
+    param_dtype = param_dtype or dtype
+    base, x = make_x(batch, dim, length, layout, dtype, gen)
+    if layout != "contiguous":
+        assert not x.is_contiguous()
+    weight = (torch.randn(dim, width, generator=gen) / width ** 0.5).to(DEVICE, param_dtype).requires_grad_(True)
+    bias = torch.randn(dim, generator=gen).to(DEVICE, param_dtype).requires_grad_(True) if use_bias else None
+    dout = torch.randn(batch, dim, length, generator=gen).to(DEVICE, dtype)
+    if grad_layout == "transpose":  # the gradient arrives with other strides
+        dout = dout.transpose(1, 2).contiguous().transpose(1, 2)
+
+    out = causal_conv1d_triton(x, weight, bias, activation, reverse)
+    assert out.shape == (batch, dim, length) and out.dtype == dtype and out.is_contiguous()
+    inputs = [base, weight] + ([bias] if use_bias else [])
+    grads = torch.autograd.grad(out, inputs, dout)
+
+    # reference: float64 on the CPU, same values
+    base_r = base.detach().cpu().double().requires_grad_(True)
+    if layout == "contiguous":
+        x_r = base_r
+    elif layout == "channel_slice":
+        x_r = base_r[:, dim:]
+    else:
+        x_r = base_r.transpose(1, 2)[:, :dim]
+    w_r = weight.detach().cpu().double().requires_grad_(True)
+    b_r = bias.detach().cpu().double().requires_grad_(True) if use_bias else None
+    out_r = causal_conv1d_ref(x_r, w_r, b_r, activation, reverse)
+    grads_r = torch.autograd.grad(out_r, [base_r, w_r] + ([b_r] if use_bias else []), dout.cpu().double())
+
+    tol = TOL[dtype]
+    assert rel_err(out, out_r) <= tol, f"output: {rel_err(out, out_r):.3g}"
+    for name, g, g_r, p in zip(["x", "weight", "bias"], grads, grads_r, inputs):
+        assert g.dtype == p.dtype and g.shape == p.shape
+        err = rel_err(g, g_r)
+        assert err <= tol, f"grad {name}: {err:.3g}"
+
+
+@pytest.mark.parametrize("length", LENGTHS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("layout", ["channel_slice", "transpose"])
+def test_model_case(length, dtype, reverse, layout):
+    """Bias and SiLU, as Vim uses it, on the two non-contiguous layouts the model produces."""
+    check(2, 6, length, 4, dtype, layout, True, "silu", reverse, seed=length)
+
+
+@pytest.mark.parametrize("length", LENGTHS)
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("use_bias,activation", [(False, None), (True, None), (False, "silu"), (True, "swish")])
+def test_bias_activation_fp32(length, reverse, use_bias, activation):
+    check(2, 5, length, 4, torch.float32, "contiguous", use_bias, activation, reverse, seed=1)
+
+
+@pytest.mark.parametrize("width", [1, 2, 3, 4])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("dtype,length", [(torch.float32, 2), (torch.float32, 7), (torch.float16, 7),
+                                          (torch.bfloat16, 3)], ids=str)
+def test_widths(width, reverse, dtype, length):
+    """Every width up to 4, including lengths shorter than the kernel."""
+    check(2, 5, length, width, dtype, "contiguous", True, "silu", reverse, seed=width)
+
+
+@pytest.mark.parametrize("layout", ["channel_slice", "transpose"])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_several_channel_blocks(layout, reverse):
+    """More channels than one tile holds (and not a multiple of it), several length tiles, batch 3."""
+    dim = 70 if layout == "transpose" else 20
+    check(3, dim, 300, 4, torch.float32, layout, True, "silu", reverse, seed=7)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_fp32_params_half_activations(dtype):
+    """Mixed precision: fp32 weight and bias with half-precision x; the parameter grads come back in fp32."""
+    check(2, 6, 197, 4, dtype, "transpose", True, "silu", True, seed=3, param_dtype=torch.float32)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_strided_output_gradient(reverse):
+    check(2, 6, 197, 4, torch.float32, "channel_slice", True, "silu", reverse, seed=4, grad_layout="transpose")
+
+
+def test_reverse_is_flipped_causal():
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 4, 19, generator=gen).to(DEVICE)
+    w = torch.randn(4, 4, generator=gen).to(DEVICE)
+    b = torch.randn(4, generator=gen).to(DEVICE)
+    got = causal_conv1d_triton(x, w, b, "silu", reverse=True)
+    want = causal_conv1d_triton(x.flip(-1), w, b, "silu").flip(-1)
+    assert rel_err(got, want) <= 1e-6
+
+
+def test_partial_requires_grad():
+    """Only some inputs need gradients: the others come back as None and the rest is still right."""
+    gen = torch.Generator().manual_seed(6)
+    x = torch.randn(2, 5, 33, generator=gen).to(DEVICE)
+    w = torch.randn(5, 4, generator=gen).to(DEVICE).requires_grad_(True)
+    b = torch.randn(5, generator=gen).to(DEVICE)
+    out = causal_conv1d_triton(x, w, b, "silu")
+    (gw,) = torch.autograd.grad(out.square().sum(), [w])
+    w_r = w.detach().cpu().double().requires_grad_(True)
+    out_r = causal_conv1d_ref(x.cpu().double(), w_r, b.cpu().double(), "silu")
+    (gw_r,) = torch.autograd.grad(out_r.square().sum(), [w_r])
+    assert rel_err(gw, gw_r) <= 1e-5
+
+    x.requires_grad_(True)
+    out = causal_conv1d_triton(x, w.detach(), None, None, reverse=True)
+    (gx,) = torch.autograd.grad(out.sum(), [x])
+    x_r = x.detach().cpu().double().requires_grad_(True)
+    (gx_r,) = torch.autograd.grad(causal_conv1d_ref(x_r, w.detach().cpu().double(), None, None, True).sum(), [x_r])
+    assert rel_err(gx, gx_r) <= 1e-5
+
+
+def test_no_grad_and_empty():
+    with torch.no_grad():
+        out = causal_conv1d_triton(torch.randn(2, 3, 5, device=DEVICE), torch.randn(3, 4, device=DEVICE))
+    assert out.shape == (2, 3, 5)
+    empty = causal_conv1d_triton(torch.randn(0, 3, 5, device=DEVICE), torch.randn(3, 4, device=DEVICE))
+    assert empty.shape == (0, 3, 5)
+
+
+def test_bad_arguments():
+    x = torch.randn(2, 3, 5, device=DEVICE)
+    with pytest.raises(ValueError):
+        causal_conv1d_triton(x, torch.randn(3, 4, device=DEVICE), activation="relu")
+    with pytest.raises(ValueError):
+        causal_conv1d_triton(x, torch.randn(4, 4, device=DEVICE))
+    with pytest.raises(ValueError):
+        causal_conv1d_triton(x, torch.randn(3, 4, device=DEVICE), torch.randn(4, device=DEVICE))
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="the interpreter does not autotune")
+@pytest.mark.parametrize("reverse", [False, True])
+def test_autotuned(reverse):
+    """The autotuned kernels (what the model gets) on a Vim-tiny-sized problem, both layouts."""
+    check(4, 384, 197, 4, torch.bfloat16, "transpose", True, "silu", reverse, seed=11)
+    check(4, 384, 197, 4, torch.bfloat16, "channel_slice", True, "silu", reverse, seed=12)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Compiled for Hopper without a GPU: Triton's front end, its GPU passes and ptxas run on any machine, so the
+# compiled path (which the interpreter does not exercise) is at least built here. Uses Triton's compiler
+# entry points (ASTSource, GPUTarget), which are less stable than the language: skipped if they changed.
+# --------------------------------------------------------------------------------------------------------
+
+def _compile_for_sm90(fn, types, constexprs, aligned, num_warps=4):
+    """PTX of ``fn`` for sm_90 with the given argument types (default i32), constexprs, and the arguments
+    the launcher would mark 16-divisible (aligned pointers, strides and sizes that are multiples of 16)."""
+    try:
+        import triton
+        from triton.backends.compiler import GPUTarget
+        from triton.compiler import ASTSource
+        from triton.runtime.jit import JITFunction
+    except ImportError as exc:  # pragma: no cover
+        pytest.skip(f"Triton's compiler entry points moved: {exc}")
+    import triton.language as tl
+
+    if not isinstance(tl.standard._sum_combine, JITFunction):
+        pytest.skip("triton was imported with TRITON_INTERPRET=1: its own @jit helpers are interpreter-only "
+                    "in this process (run this test where triton is imported first, or on a GPU machine)")
+    jf = JITFunction(fn)
+    signature = {n: "constexpr" if n in constexprs else types.get(n, "i32") for n in jf.arg_names}
+    attrs = {(jf.arg_names.index(n),): [["tt.divisibility", 16]] for n in aligned}
+    try:
+        source = ASTSource(jf, signature, constexprs, attrs)
+        target = GPUTarget("cuda", 90, 32)
+    except TypeError as exc:  # pragma: no cover
+        pytest.skip(f"Triton's compiler entry points changed: {exc}")
+    return triton.compile(source, target=target, options={"num_warps": num_warps}).asm["ptx"]
+
+
+@pytest.mark.parametrize("l_contig", [True, False], ids=["length-contiguous", "channel-contiguous"])
+def test_compiles_for_hopper(l_contig):
+    """Both kernels build for sm_90, with vector accesses where the sizes allow them (length a multiple of
+    16 here; with Vim's odd 197 the length-contiguous output rows are unaligned and stores are scalar, still
+    coalesced across the warp)."""
+    import re
+
+    from vimamba.ops.causal_conv1d import triton_conv1d as mod
+
+    flags = dict(W=4, REVERSE=True, HAS_BIAS=True, SILU=True)
+    bwd_flags = dict(flags, WP=4)
+    unit = {"stride_xl": 1} if l_contig else {"stride_xd": 1}
+    sized = ["L", "stride_xb", "stride_xd"] if l_contig else ["D", "L", "stride_xb", "stride_xl"]
+    bd, bl, _ = mod._tiles_fwd(l_contig)[0]
+    ptx = _compile_for_sm90(
+        mod._conv1d_fwd_kernel,
+        {"x_ptr": "*bf16", "w_ptr": "*fp32", "b_ptr": "*fp32", "out_ptr": "*bf16"},
+        dict(flags, BLOCK_D=bd, BLOCK_L=bl, stride_ol=1, **unit),
+        ["x_ptr", "w_ptr", "b_ptr", "out_ptr", "stride_ob", "stride_od"] + sized)
+    assert re.search(r"ld\.global[.\w]*\.v4", ptx) and re.search(r"st\.global[.\w]*\.v4", ptx), "not vectorised"
+    ptx = _compile_for_sm90(
+        mod._conv1d_bwd_kernel,
+        {"x_ptr": "*bf16", "w_ptr": "*fp32", "b_ptr": "*fp32", "dout_ptr": "*bf16", "dx_ptr": "*bf16",
+         "dw_part_ptr": "*fp32", "db_part_ptr": "*fp32"},
+        dict(bwd_flags, WANT_DX=True, WANT_DW=True, WANT_DB=True, BLOCK_D=mod._tiles_bwd_d(l_contig)[0][0],
+             BLOCK_L=mod._tile_l_bwd(l_contig), stride_gl=1, stride_dxl=1, **unit),
+        ["x_ptr", "w_ptr", "b_ptr", "dout_ptr", "dx_ptr", "dw_part_ptr", "db_part_ptr",
+         "stride_gb", "stride_gd", "stride_dxb", "stride_dxd"] + sized)
+    # backward tiles hold 4 elements per thread (register pressure): 8-byte bf16 vectors
+    assert re.search(r"st\.global[.\w]*\.v[24]", ptx), "dx store not vectorised"
