@@ -1,23 +1,91 @@
-"""Vim's compute kernels. One folder per operation, each with its plain-PyTorch reference.
+"""Vim's compute kernels. One folder per operation: the plain-PyTorch reference and the Triton kernels.
 
-The public functions below are what layers call. Today they are the references, which run on any device;
-faster paths plug in here behind the same signatures.
+The public functions below are what layers call. Each picks its implementation per call (see
+``dispatch.py``): Triton kernels for CUDA tensors, the references on the CPU, or whatever
+``VIMAMBA_BACKEND`` / the ``backend=`` argument forces.
 """
 
+from __future__ import annotations
+
+import torch
+
 from .causal_conv1d import causal_conv1d_ref
+from .dispatch import BACKENDS, resolve_backend, triton_available
 from .rms_norm import add_rms_norm_ref, rms_norm_ref
 from .selective_scan import selective_scan_ref
 
-selective_scan_fn = selective_scan_ref
-causal_conv1d_fn = causal_conv1d_ref
-add_rms_norm = add_rms_norm_ref
-
 __all__ = [
+    "BACKENDS",
     "add_rms_norm",
     "add_rms_norm_ref",
     "causal_conv1d_fn",
     "causal_conv1d_ref",
+    "resolve_backend",
     "rms_norm_ref",
     "selective_scan_fn",
     "selective_scan_ref",
+    "triton_available",
 ]
+
+
+def selective_scan_fn(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = False,
+    return_last_state: bool = False,
+    reverse: bool = False,
+    *,
+    backend: str | None = None,
+):
+    """mamba-ssm's ``selective_scan_fn`` (plus ``reverse``), on the chosen backend.
+
+    The Triton kernels take input-dependent B and C of shape (batch, state, length); time-invariant or
+    grouped B/C run on the reference under ``auto`` and raise under a forced ``triton``.
+    """
+    choice = resolve_backend(u, backend)
+    if choice == "triton" and (B.dim() == 3 and C.dim() == 3 or backend == "triton"):
+        from .selective_scan.triton_scan import selective_scan_triton
+
+        return selective_scan_triton(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state,
+                                     reverse)
+    return selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, reverse)
+
+
+def causal_conv1d_fn(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    activation: str | None = None,
+    reverse: bool = False,
+    *,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """The causal-conv1d package's ``causal_conv1d_fn`` (plus ``reverse``), on the chosen backend."""
+    if resolve_backend(x, backend) == "triton":
+        from .causal_conv1d.triton_conv1d import causal_conv1d_triton
+
+        return causal_conv1d_triton(x, weight, bias, activation, reverse)
+    return causal_conv1d_ref(x, weight, bias, activation, reverse)
+
+
+def add_rms_norm(
+    x: torch.Tensor,
+    residual: torch.Tensor | None,
+    weight: torch.Tensor,
+    eps: float = 1e-5,
+    residual_in_fp32: bool = True,
+    *,
+    backend: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(rms_norm(x + residual) * weight, x + residual)``, on the chosen backend."""
+    if resolve_backend(x, backend) == "triton":
+        from .rms_norm.triton_rms_norm import add_rms_norm_triton
+
+        return add_rms_norm_triton(x, residual, weight, eps, residual_in_fp32)
+    return add_rms_norm_ref(x, residual, weight, eps, residual_in_fp32)

@@ -8,7 +8,6 @@ Triton's interpreter, which must be switched on with ``TRITON_INTERPRET=1`` befo
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 import os
 
@@ -19,9 +18,11 @@ __all__ = ["BACKENDS", "resolve_backend", "triton_available"]
 BACKENDS = ("auto", "triton", "reference")
 
 
-@functools.lru_cache(maxsize=None)
+_HAS_TRITON = importlib.util.find_spec("triton") is not None
+
+
 def triton_available() -> bool:
-    return importlib.util.find_spec("triton") is not None
+    return _HAS_TRITON
 
 
 def resolve_backend(tensor: torch.Tensor, backend: str | None = None) -> str:

@@ -400,24 +400,52 @@ def _launch_bwd(x, weight, bias, dout, silu, reverse, want_dx, want_dw, want_db)
     return dx, dw, db
 
 
-class _CausalConv1dFn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, weight, bias, silu, reverse):
-        out = _launch_fwd(x, weight, bias, silu, reverse)
-        ctx.save_for_backward(x, weight, bias)
-        ctx.silu = silu
-        ctx.reverse = reverse
-        return out
+# Registered as custom ops, so torch.compile keeps a whole model in one graph (it treats the op as opaque)
+# and CUDA-graph capture replays the kernels as they are.
+@torch.library.custom_op("vimamba::causal_conv1d_fwd", mutates_args=())
+def _conv_fwd_op(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], silu: bool,
+                 reverse: bool) -> torch.Tensor:
+    return _launch_fwd(x, weight, bias, silu, reverse)
 
-    @staticmethod
-    def backward(ctx, dout):
-        x, weight, bias = ctx.saved_tensors
-        want_dx, want_dw, want_db = ctx.needs_input_grad[:3]
-        want_db = want_db and bias is not None
-        if not (want_dx or want_dw or want_db):
-            return None, None, None, None, None
-        dx, dw, db = _launch_bwd(x, weight, bias, dout, ctx.silu, ctx.reverse, want_dx, want_dw, want_db)
-        return dx, dw, db, None, None
+
+@_conv_fwd_op.register_fake
+def _conv_fwd_fake(x, weight, bias, silu, reverse):
+    return x.new_empty(x.shape)
+
+
+@torch.library.custom_op("vimamba::causal_conv1d_bwd", mutates_args=())
+def _conv_bwd_op(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], dout: torch.Tensor,
+                 silu: bool, reverse: bool, want_dx: bool, want_dw: bool,
+                 want_db: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    dx, dw, db = _launch_bwd(x, weight, bias, dout, silu, reverse, want_dx, want_dw, want_db)
+    # custom ops return tensors only: an empty tensor stands for a gradient that was not asked for
+    return (dx if dx is not None else x.new_empty(0), dw if dw is not None else weight.new_empty(0),
+            db if db is not None else weight.new_empty(0))
+
+
+@_conv_bwd_op.register_fake
+def _conv_bwd_fake(x, weight, bias, dout, silu, reverse, want_dx, want_dw, want_db):
+    return (x.new_empty(x.shape if want_dx else (0,)), weight.new_empty(weight.shape if want_dw else (0,)),
+            weight.new_empty(bias.shape if want_db else (0,)))
+
+
+def _conv_setup_context(ctx, inputs, output):
+    x, weight, bias, silu, reverse = inputs
+    ctx.save_for_backward(x, weight, bias)
+    ctx.silu, ctx.reverse = silu, reverse
+
+
+def _conv_backward(ctx, dout):
+    x, weight, bias = ctx.saved_tensors
+    want_dx, want_dw, want_db = ctx.needs_input_grad[:3]
+    want_db = want_db and bias is not None
+    if not (want_dx or want_dw or want_db):
+        return None, None, None, None, None
+    dx, dw, db = _conv_bwd_op(x, weight, bias, dout, ctx.silu, ctx.reverse, want_dx, want_dw, want_db)
+    return dx if want_dx else None, dw if want_dw else None, db if want_db else None, None, None
+
+
+_conv_fwd_op.register_autograd(_conv_backward, setup_context=_conv_setup_context)
 
 
 def causal_conv1d_triton(
@@ -446,4 +474,4 @@ def causal_conv1d_triton(
         raise ValueError("x, weight and bias must be on the same device")
     if bias is not None:
         bias = bias.contiguous()  # a no-op for a parameter; autograd sees through it otherwise
-    return _CausalConv1dFn.apply(x, weight, bias, activation is not None, bool(reverse))
+    return _conv_fwd_op(x, weight, bias, activation is not None, bool(reverse))

@@ -291,29 +291,63 @@ def _launch_bwd(s, weight, gy, gs, eps, x_dtype, r_dtype, want_dx, want_dr, want
     return dx, dr, dw
 
 
-class _AddRmsNormFn(torch.autograd.Function):
-    """Outputs (normed, stream) when the stream is written, (normed,) when the stream is x itself."""
+# Registered as custom ops, so torch.compile keeps a whole model in one graph and CUDA graphs capture the
+# kernels as they are. The stream output is an empty tensor when it is not written (the stream is x).
+@torch.library.custom_op("vimamba::add_rms_norm_fwd", mutates_args=())
+def _norm_fwd_op(x: torch.Tensor, residual: Optional[torch.Tensor], weight: torch.Tensor, eps: float,
+                 add_fp32: bool, stream_dtype: Optional[torch.dtype]) -> Tuple[torch.Tensor, torch.Tensor]:
+    y, s = _launch_fwd(x, residual, weight, eps, add_fp32, stream_dtype)
+    return y, s if s is not None else x.new_empty(0)
 
-    @staticmethod
-    def forward(ctx, x, residual, weight, eps, add_fp32, stream_dtype):
-        y, s = _launch_fwd(x, residual, weight, eps, add_fp32, stream_dtype)
-        # backward re-reads the stream: the written one, or x when the stream is x
-        ctx.save_for_backward(s if s is not None else x, weight)
-        ctx.eps = eps
-        ctx.x_dtype = x.dtype
-        ctx.r_dtype = residual.dtype if residual is not None else None
-        ctx.set_materialize_grads(False)
-        return (y, s) if s is not None else (y,)
 
-    @staticmethod
-    def backward(ctx, gy, gs=None):
-        s, weight = ctx.saved_tensors
-        want_dx, want_dr, want_dw = ctx.needs_input_grad[:3]
-        want_dr = want_dr and ctx.r_dtype is not None
-        if (gy is None and gs is None) or not (want_dx or want_dr or want_dw):
-            return None, None, None, None, None, None
-        dx, dr, dw = _launch_bwd(s, weight, gy, gs, ctx.eps, ctx.x_dtype, ctx.r_dtype, want_dx, want_dr, want_dw)
-        return dx, dr, dw, None, None, None
+@_norm_fwd_op.register_fake
+def _norm_fwd_fake(x, residual, weight, eps, add_fp32, stream_dtype):
+    stream = x.new_empty(x.shape, dtype=stream_dtype) if stream_dtype is not None else x.new_empty(0)
+    return x.new_empty(x.shape), stream
+
+
+@torch.library.custom_op("vimamba::add_rms_norm_bwd", mutates_args=())
+def _norm_bwd_op(s: torch.Tensor, weight: torch.Tensor, gy: Optional[torch.Tensor], gs: Optional[torch.Tensor],
+                 eps: float, x_dtype: torch.dtype, r_dtype: Optional[torch.dtype], want_dx: bool, want_dr: bool,
+                 want_dw: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    dx, dr, dw = _launch_bwd(s, weight, gy, gs, eps, x_dtype, r_dtype, want_dx, want_dr, want_dw)
+    # one fresh empty tensor per absent gradient: custom-op outputs may not alias each other
+    return (dx if dx is not None else s.new_empty(0), dr if dr is not None else s.new_empty(0),
+            dw if dw is not None else s.new_empty(0))
+
+
+@_norm_bwd_op.register_fake
+def _norm_bwd_fake(s, weight, gy, gs, eps, x_dtype, r_dtype, want_dx, want_dr, want_dw):
+    want_dw = want_dw and gy is not None
+    return (s.new_empty(s.shape if want_dx else (0,), dtype=x_dtype),
+            s.new_empty(s.shape if want_dr and r_dtype is not None else (0,), dtype=r_dtype or s.dtype),
+            weight.new_empty(weight.shape if want_dw else (0,)))
+
+
+def _norm_setup_context(ctx, inputs, output):
+    x, residual, weight, eps, add_fp32, stream_dtype = inputs
+    # backward re-reads the stream: the written one, or x when the stream is x
+    ctx.save_for_backward(output[1] if stream_dtype is not None else x, weight)
+    ctx.eps = eps
+    ctx.x_dtype = x.dtype
+    ctx.r_dtype = residual.dtype if residual is not None else None
+    ctx.set_materialize_grads(False)
+
+
+def _norm_backward(ctx, gy, gs):
+    s, weight = ctx.saved_tensors
+    if gs is not None and gs.numel() == 0:  # the placeholder stream of the stream-is-x case
+        gs = None
+    want_dx, want_dr, want_dw = ctx.needs_input_grad[:3]
+    want_dr = want_dr and ctx.r_dtype is not None
+    if (gy is None and gs is None) or not (want_dx or want_dr or want_dw):
+        return None, None, None, None, None, None
+    dx, dr, dw = _norm_bwd_op(s, weight, gy, gs, ctx.eps, ctx.x_dtype, ctx.r_dtype, want_dx, want_dr, want_dw)
+    return (dx if want_dx else None, dr if want_dr else None, dw if want_dw and gy is not None else None,
+            None, None, None)
+
+
+_norm_fwd_op.register_autograd(_norm_backward, setup_context=_norm_setup_context)
 
 
 def _at_least_fp32(dtype: torch.dtype) -> torch.dtype:
@@ -343,7 +377,7 @@ def add_rms_norm_triton(
         stream_dtype = _at_least_fp32(x.dtype) if residual_in_fp32 else x.dtype
         add_fp32 = True
         if stream_dtype == x.dtype:  # the reference's stream is x itself
-            (y,) = _AddRmsNormFn.apply(x, None, weight, eps, add_fp32, None)
+            y, _ = _norm_fwd_op(x, None, weight, eps, add_fp32, None)
             return y, x
     elif residual_in_fp32:
         stream_dtype = torch.promote_types(_at_least_fp32(residual.dtype), _at_least_fp32(x.dtype))
@@ -351,4 +385,4 @@ def add_rms_norm_triton(
     else:
         stream_dtype = residual.dtype
         add_fp32 = False
-    return _AddRmsNormFn.apply(x, residual, weight, eps, add_fp32, stream_dtype)
+    return _norm_fwd_op(x, residual, weight, eps, add_fp32, stream_dtype)
