@@ -69,7 +69,11 @@ def default_cases(models: Iterable[str], sizes: Iterable[int] | None = None, tra
         cases += [BenchCase(name, "infer", s, b) for s, b in grid if sizes is None or s in sizes]
         if train and "eager" not in name:
             cases += [BenchCase(name, "train", s, b) for s, b in TRAIN]
-    return cases
+    # The target comparisons first, every model of a size together, so a cut-off run still has its ratios.
+    targets = {(mode, size, batch) for _, _, _, mode, size, batch, _, _ in TARGETS}
+    order = {name: i for i, name in enumerate(MODELS)}
+    return sorted(cases, key=lambda c: ((c.mode, c.img_size, c.batch) not in targets, c.mode, c.img_size, c.batch,
+                                        order[c.model]))
 
 
 def build_model(name: str, img_size: int, device: torch.device) -> torch.nn.Module:

@@ -42,15 +42,18 @@ def run(args: argparse.Namespace) -> int:
     print(f"device: {env['device']}  torch {env['torch']}  triton {env.get('triton', '-')}  timm {env['timm']}  "
           f"dtype {env['dtype']}", flush=True)
 
+    args.output.mkdir(parents=True, exist_ok=True)
+    stem = f"bench{'-' + args.tag if args.tag else ''}"
+    done: list[benchmark.BenchResult] = []
+
     def report(result: benchmark.BenchResult) -> None:
         print(benchmark.format_table([result]).splitlines()[-1], flush=True)
+        done.append(result)
+        benchmark.write_json(done, env, args.output / f"{stem}.json")  # a cut-off run keeps what it measured
 
     results = benchmark.run_benchmark(cases, dtype, progress=report)
     print()
     print(benchmark.format_table(results))
-    args.output.mkdir(parents=True, exist_ok=True)
-    stem = f"bench{'-' + args.tag if args.tag else ''}"
-    benchmark.write_json(results, env, args.output / f"{stem}.json")
     benchmark.plot_results(results, args.output / f"{stem}.png",
                            title=f"vimamba vs timm DeiT, {env['device']}, {env['dtype']} autocast")
     print(f"\nwrote {args.output / (stem + '.json')} and {args.output / (stem + '.png')}")

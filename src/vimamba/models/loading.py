@@ -23,8 +23,9 @@ __all__ = [
 ]
 
 # The reference checkpoints pickle the run's argparse.Namespace; allowing that one class lets them load with
-# weights_only=True (no arbitrary code) through timm's pretrained loader and ours alike.
-torch.serialization.add_safe_globals([argparse.Namespace])
+# weights_only=True (no arbitrary code). Scoped with a context manager, not registered globally: timm's own
+# loader scopes the same class the same way, and its exit would drop a global registration.
+_SAFE_GLOBALS = [argparse.Namespace]
 
 
 class CheckpointError(ValueError):
@@ -43,7 +44,8 @@ def read_checkpoint_file(path: str | os.PathLike) -> dict[str, Any]:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
             return load_file(str(path), device="cpu")
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(_SAFE_GLOBALS):
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - a damaged file can fail inside the unpickler in any way
         raise CheckpointError(f"cannot read checkpoint {path}: {type(err).__name__}: {err}") from err
     if not isinstance(checkpoint, dict):

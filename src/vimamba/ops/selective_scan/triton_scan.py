@@ -1,0 +1,894 @@
+"""Triton selective scan (forward and backward) for input-dependent B and C, Vim's case.
+
+``selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+return_last_state=False, reverse=False)`` has the semantics of ``selective_scan_ref`` for B and C of shape
+(batch, state, length); other B/C shapes (and fp64 inputs) raise ``NotImplementedError`` (the dispatcher
+sends those to the reference). ``reverse=True`` scans from the last step to the first: the kernels walk time
+backwards, nothing is flipped or copied. It is a ``torch.autograd.Function``: gradients reach u, delta, A, B,
+C, D, z and delta_bias (each optional one when given), and flow back from the returned last state too.
+
+Recurrence (per batch b, channel d, state n; ``dt`` is ``delta + delta_bias``, softplus'ed if asked)::
+
+    a[t] = exp(dt[t] * A[d, n]) = exp2(dt[t] * A[d, n] * log2(e))       b[t] = dt[t] * u[t] * B[n, t]
+    h[t] = a[t] * h[t-1] + b[t]
+    y[t] = (sum_n C[n, t] * h[t, n] + D[d] * u[t]) * silu(z[t])
+
+Everything runs in fp32 registers; inputs may be fp32, fp16 or bf16 (A, D, delta_bias are used in fp32); the
+output has u's dtype, the gradients their input's dtype, the last state is fp32.
+
+Layout of the work. One program per (block of channels, batch element), 1 to 4 warps. Each thread keeps the
+state of its channel(s) x up to 16 states in registers; lanes walk consecutive channels, so loads and stores
+of the time-indexed tensors are coalesced when they are channel-contiguous (time-major), which is how Vim
+produces them (the transposes of Linear outputs): those views are read in place, through their strides,
+with no copy. Length-contiguous inputs work too, with strided (slower) loads. The output and the gradients
+of u, delta, z, B, C are written time-major and returned as (batch, dim, length) / (batch, state, length)
+views of (batch, length, dim) / (batch, length, state) buffers (``.contiguous()`` if a caller needs it).
+
+Forward kernel: walks time one chunk of T steps at a time (T = 1 by default: a longer unrolled chunk made
+the loop body overflow the instruction cache on the H100, see NOTES_triton.md); the next chunk's per-channel
+inputs are loaded while the current one is computed, and the next B, C rows are touched early. Within a chunk
+the recurrence is sequential inside each thread (one FMA per channel x state x step); softplus, the D skip
+and the silu(z) gate are fused.
+
+Backward kernel: the forward saves only the state entering each segment of S = T*K steps (32 by default:
+batch x dim x state x length/32 fp32, i.e. 2 bytes per (channel, step)), and only when a gradient is needed.
+The backward walks the segments in reverse scan order. Phase A reruns the recurrence through the segment
+from its saved state and keeps the state entering each chunk of T steps in a small per-program scratch
+buffer (written and read back by the same thread). Phase B walks the segment's chunks backwards: it
+recomputes the chunk's states from the scratch, then runs the adjoint recurrence step by step,
+lambda[t] = C[t] gy[t] + mu, mu = a[t] lambda[t] (mu carries a[t+1] lambda[t+1] to step t), with
+gy = dout * silu(z). Using a[t] h[t-1] = h[t] - b[t], no earlier state is needed::
+
+    dB[n,t] = sum_d lambda dt u            dC[n,t] = sum_d gy h          du = gy D + dt sum_n lambda B
+    ddt = u sum_n lambda B + sum_n A lambda a h_prev    dA = sum_{b,t} dt lambda a h_prev
+    dD = sum_{b,t} gy u     ddelta = ddt * sigmoid(delta + delta_bias) (softplus)    dbias = sum_{b,t} ddelta
+
+dA, dD and d(delta_bias) are written as fp32 partials per batch element and summed with torch; dB and dC are
+sums over channels: fp32 partials per (channel block, warp), summed with torch (deterministic, the default),
+or fp32 atomics (``_CONFIG_OVERRIDE["atomic_bc"]``). One launch forward, one launch backward plus a few small
+torch reductions. No autotuning: the tile shapes are fixed per problem (``_config``) from a measured sweep,
+so the first call at a new shape costs only the compilation (a few seconds).
+
+Kernels are turned into Triton functions on first use, not at import: whether they run compiled (CUDA) or in
+Triton's interpreter (CPU tensors, ``TRITON_INTERPRET=1``) is decided by the environment at that moment, so
+setting the variable after triton was imported works. They use only long-standing ``tl`` operations
+(checked on Triton 3.6 and 3.8).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import List, Optional, Tuple
+
+import torch
+
+from .reference import check_scan_inputs
+
+try:  # the module must import (and report HAS_TRITON = False) where triton is absent
+    import triton
+    import triton.language as tl
+
+    HAS_TRITON = True
+except ImportError:  # pragma: no cover - exercised only without triton
+    triton = None
+    HAS_TRITON = False
+
+    class _NoTriton:  # stands in for ``tl`` so that the kernel signatures below still evaluate
+        constexpr = None
+
+    tl = _NoTriton()
+
+__all__ = ["HAS_TRITON", "selective_scan_triton"]
+
+# tl.reduce with Triton's own sum combine instead of tl.sum: the same code compiled, but Triton's
+# interpreter runs it as one numpy sum (each call of the jitted tl.sum costs it about a millisecond)
+_sum_comb = tl.standard._sum_combine if HAS_TRITON else None
+
+# ----------------------------------------------------------------------------------------------------------
+# Kernels (plain functions; decorated lazily by _get_kernels)
+#
+# Every tensor in a kernel is 6-D, [T, NR, DR, W, NL, DL]: T steps of the chunk, the state split over NR
+# registers and NL lanes, the channel over DR registers, W warps and DL lanes. Triton's default layout gives
+# the last two axes to the 32 lanes of a warp (NL * DL = 32), W to the warps, and keeps T, NR and DR in each
+# thread's registers. So the recurrence over T never leaves a thread, sums over the state use NR in-thread
+# adds and log2(NL) shuffles, and lanes walk consecutive channels. Per-channel tiles are loaded at shape
+# [T,1,DR,W,NL,DL] and per-state tiles at [T,NR,1,W,NL,DL] (lanes that share a value load or store the same
+# address: one transaction, no extra instruction), so every load and store has the layout of the arithmetic
+# and the compiler inserts no layout conversion (checked in the SASS: no shared memory, no barrier). Index
+# maps run backwards inside a tile and time/batch strides are not specialised: otherwise the compiler sees
+# a contiguous axis and lays the tile out along it, which puts the recurrence across lanes.
+# ----------------------------------------------------------------------------------------------------------
+
+def _scan_fwd_kernel(
+    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
+    out_ptr, last_ptr, hs_ptr,
+    dim, nstate, L, n_chunks, n_hs, never,
+    s_ub, s_ud, s_ul,
+    s_tb, s_td, s_tl,
+    s_zb, s_zd, s_zl,
+    s_Bb, s_Bn, s_Bl,
+    s_Cb, s_Cn, s_Cl,
+    s_ob, s_od, s_ol,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    REVERSE: tl.constexpr, STORE_HS: tl.constexpr, STORE_LAST: tl.constexpr, HS_EVERY: tl.constexpr,
+    EVEN_D: tl.constexpr, EVEN_N: tl.constexpr, PAD: tl.constexpr,
+    T: tl.constexpr, NR: tl.constexpr, DR: tl.constexpr, W: tl.constexpr, NL: tl.constexpr, DL: tl.constexpr,
+):
+    pid_d = tl.program_id(0)
+    pid_b = tl.program_id(1).to(tl.int64)
+    it = tl.arange(0, T)[:, None, None, None, None, None]
+    inr = tl.arange(0, NR)[None, :, None, None, None, None]
+    idr = tl.arange(0, DR)[None, None, :, None, None, None]
+    iw = tl.arange(0, W)[None, None, None, :, None, None]
+    inl = tl.arange(0, NL)[None, None, None, None, :, None]
+    idl = tl.arange(0, DL)[None, None, None, None, None, :]
+    # The index maps run backwards inside a tile: the compiler then sees no contiguous axis (it would lay
+    # the tile out along one), while a unit stride still folds into immediate address offsets.
+    n_s = inl * NR + (NR - 1 - inr)                                                   # [1,NR,1,1,NL,1]
+    d_s = pid_d * (DR * W * DL) + (DR * W * DL - 1) - ((idr * W + iw) * DL + idl)    # [1,1,DR,W,1,DL]
+    d_x = d_s + inl * 0                                                               # [1,1,DR,W,NL,DL]
+    n_x = n_s + iw * 0 + idl * 0                                                      # [1,NR,1,W,NL,DL]
+    dn = d_s * nstate + n_s                                                           # [1,NR,DR,W,NL,DL]
+    if EVEN_D:
+        m_d = tl.full([1, 1, DR, W, NL, DL], 1, tl.int1)
+    else:
+        m_d = d_x < dim
+    if EVEN_N:
+        m_n = tl.full([1, NR, 1, W, NL, DL], 1, tl.int1)
+    else:
+        m_n = n_x < nstate
+    if EVEN_D and EVEN_N:
+        m_dn = tl.full([1, NR, DR, W, NL, DL], 1, tl.int1)
+    else:
+        m_dn = (d_s < dim) & (n_s < nstate)
+
+    # exp(dt * A) = exp2(dt * A * log2(e)); padded states get A = 0 and B = C = 0, so they stay 0
+    A2 = tl.load(A_ptr + dn, mask=m_dn, other=0.0).to(tl.float32) * 1.4426950408889634
+    if HAS_D:
+        Dv = tl.load(D_ptr + d_x, mask=m_d, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + d_x, mask=m_d, other=0.0).to(tl.float32)
+    u_off = d_x * s_ud
+    t_off = d_x * s_td
+    z_off = d_x * s_zd
+    o_off = d_x * s_od
+    B_off = n_x * s_Bn
+    C_off = n_x * s_Cn
+    u_b = u_ptr + pid_b * s_ub
+    t_b = dt_ptr + pid_b * s_tb
+    z_b = z_ptr + pid_b * s_zb
+    o_b = out_ptr + pid_b * s_ob
+    B_b = B_ptr + pid_b * s_Bb
+    C_b = C_ptr + pid_b * s_Cb
+    # Touching the next chunk's B and C rows early (one element per lane, summed into a value that is never
+    # stored) brings them to the caches before the per-step loads below ask for them.
+    lane_t = idl % T
+    lane_n = (idl // T) % nstate
+    touch = tl.full([1, 1, 1, 1, 1, DL], 0.0, tl.float32)
+
+    if REVERSE:
+        c = n_chunks - 1
+    else:
+        c = 0
+    # The chunk's per-channel tiles are loaded one chunk (T steps) ahead of their use, so that enough
+    # memory requests are in flight. Step indices are clamped into [0, L): loads need no time mask
+    # (padded steps are neutralised through dt = 0 and masked stores).
+    tt = tl.minimum(tl.maximum(c * T + it, 0), L - 1)
+    u_n = tl.load(u_b + tt * s_ul + u_off, mask=m_d, other=0.0)
+    dt_n = tl.load(t_b + tt * s_tl + t_off, mask=m_d, other=0.0)
+    if HAS_Z:
+        z_n = tl.load(z_b + tt * s_zl + z_off, mask=m_d, other=0.0)
+
+    h = tl.full([1, NR, DR, W, NL, DL], 0.0, tl.float32)
+    for _i in range(0, n_chunks):
+        t0 = c * T
+        if PAD:
+            m_t = (t0 + it) < L
+            m_dt = m_d & m_t
+        else:
+            m_dt = m_d
+        u = u_n.to(tl.float32)
+        dt = dt_n.to(tl.float32)
+        if HAS_Z:
+            zz = z_n.to(tl.float32)
+        if REVERSE:
+            c_nx = c - 1
+        else:
+            c_nx = c + 1
+        tt = tl.minimum(tl.maximum(c_nx * T + it, 0), L - 1)
+        u_n = tl.load(u_b + tt * s_ul + u_off, mask=m_d, other=0.0)
+        dt_n = tl.load(t_b + tt * s_tl + t_off, mask=m_d, other=0.0)
+        if HAS_Z:
+            z_n = tl.load(z_b + tt * s_zl + z_off, mask=m_d, other=0.0)
+        tn = tl.minimum(tl.maximum(c_nx * T + lane_t, 0), L - 1)
+        touch += tl.load(B_b + tn * s_Bl + lane_n * s_Bn).to(tl.float32)
+        touch += tl.load(C_b + tn * s_Cl + lane_n * s_Cn).to(tl.float32)
+
+        # per (channel, step): the whole chunk at once
+        if HAS_BIAS:
+            dt = dt + bias
+        if SOFTPLUS:
+            # softplus(x) = max(x, 0) + log1p(exp(-|x|)), log1p(e) = log(1+e) * e / ((1+e) - 1) (exact for tiny e)
+            e = tl.exp2(-tl.abs(dt) * 1.4426950408889634)
+            w1 = 1.0 + e
+            dw = w1 - 1.0
+            lp = tl.where(dw == 0.0, e, tl.log(w1) * (e / tl.where(dw == 0.0, 1.0, dw)))
+            dt = tl.where(dt > 20.0, dt, tl.maximum(dt, 0.0) + lp)
+        if PAD:
+            dt = tl.where(m_t, dt, 0.0)  # padded steps: decay 1, input 0, the identity of the scan
+        du = dt * u
+
+        if STORE_HS:  # state entering each backward segment (HS_EVERY of these chunks), in scan order
+            if REVERSE:
+                at_entry = (((c + 1) % HS_EVERY) == 0) | (c == n_chunks - 1)
+            else:
+                at_entry = (c % HS_EVERY) == 0
+            if at_entry:
+                tl.store(hs_ptr + (pid_b * n_hs + c // HS_EVERY) * dim * nstate + dn, h, mask=m_dn)
+
+        # The recurrence, step by step inside each thread. Picking step j out of a tile and putting it back
+        # are selects on compile-time constants plus adds of -0.0, which the compiler folds away.
+        y = tl.full([T, 1, DR, W, 1, DL], 0.0, tl.float32)
+        for jj in tl.static_range(T):
+            if REVERSE:
+                j = T - 1 - jj
+            else:
+                j = jj
+            tj = tl.minimum(t0 + j, L - 1)
+            B_j = tl.load(B_b + tj * s_Bl + B_off, mask=m_n, other=0.0).to(tl.float32)
+            C_j = tl.load(C_b + tj * s_Cl + C_off, mask=m_n, other=0.0).to(tl.float32)
+            dt_j = tl.reduce(tl.where(it == j, dt, -0.0), 0, _sum_comb, keep_dims=True)
+            du_j = tl.reduce(tl.where(it == j, du, -0.0), 0, _sum_comb, keep_dims=True)
+            h = tl.exp2(dt_j * A2) * h + du_j * B_j
+            y_j = tl.reduce(tl.reduce(h * C_j, 1, _sum_comb, keep_dims=True), 4, _sum_comb, keep_dims=True)
+            y = tl.where(it == j, y_j, y)
+        if HAS_D:
+            y = y + Dv * u
+        if HAS_Z:
+            y = y * zz / (1.0 + tl.exp2(-zz * 1.4426950408889634))
+        y = y + tl.full([1, 1, 1, 1, NL, 1], 0.0, tl.float32)
+        tl.store(o_b + (t0 + it) * s_ol + o_off, y.to(out_ptr.dtype.element_ty), mask=m_dt)
+        c = c_nx
+
+    if never != 0:  # keeps the touches (never true)
+        tl.store(out_ptr + idl * 0, touch.to(out_ptr.dtype.element_ty))
+
+    if STORE_LAST:
+        tl.store(last_ptr + pid_b * dim * nstate + dn, h, mask=m_dn)
+
+
+def _scan_bwd_kernel(
+    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, g_ptr, hs_ptr, dlast_ptr, scr_ptr,
+    du_ptr, ddt_ptr, dz_ptr, dA_ptr, dD_ptr, dbias_ptr, dB_ptr, dC_ptr,
+    dim, nstate, L, n_seg, never,
+    s_ub, s_ud, s_ul,
+    s_tb, s_td, s_tl,
+    s_zb, s_zd, s_zl,
+    s_Bb, s_Bn, s_Bl,
+    s_Cb, s_Cn, s_Cl,
+    s_gb, s_gd, s_gl,
+    s_xb, s_xd, s_xl,
+    s_pp, s_pb, s_pn, s_pl,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    REVERSE: tl.constexpr, HAS_DLAST: tl.constexpr, ATOMIC_BC: tl.constexpr,
+    EVEN_D: tl.constexpr, EVEN_N: tl.constexpr, PAD: tl.constexpr, K: tl.constexpr, TA: tl.constexpr,
+    T: tl.constexpr, NR: tl.constexpr, DR: tl.constexpr, W: tl.constexpr, NL: tl.constexpr, DL: tl.constexpr,
+):
+    pid_d = tl.program_id(0)
+    pid_b = tl.program_id(1).to(tl.int64)
+    it = tl.arange(0, T)[:, None, None, None, None, None]
+    inr = tl.arange(0, NR)[None, :, None, None, None, None]
+    idr = tl.arange(0, DR)[None, None, :, None, None, None]
+    iw = tl.arange(0, W)[None, None, None, :, None, None]
+    inl = tl.arange(0, NL)[None, None, None, None, :, None]
+    idl = tl.arange(0, DL)[None, None, None, None, None, :]
+    n_s = inl * NR + (NR - 1 - inr)                                                   # [1,NR,1,1,NL,1]
+    d_s = pid_d * (DR * W * DL) + (DR * W * DL - 1) - ((idr * W + iw) * DL + idl)    # [1,1,DR,W,1,DL]
+    d_x = d_s + inl * 0                                                               # [1,1,DR,W,NL,DL]
+    n_x = n_s + iw * 0 + idl * 0                                                      # [1,NR,1,W,NL,DL]
+    dn = d_s * nstate + n_s                                                           # [1,NR,DR,W,NL,DL]
+    if EVEN_D:
+        m_d = tl.full([1, 1, DR, W, NL, DL], 1, tl.int1)
+    else:
+        m_d = d_x < dim
+    if EVEN_N:
+        m_n = tl.full([1, NR, 1, W, NL, DL], 1, tl.int1)
+    else:
+        m_n = n_x < nstate
+    if EVEN_D and EVEN_N:
+        m_dn = tl.full([1, NR, DR, W, NL, DL], 1, tl.int1)
+    else:
+        m_dn = (d_s < dim) & (n_s < nstate)
+
+    A = tl.load(A_ptr + dn, mask=m_dn, other=0.0).to(tl.float32)
+    A2 = A * 1.4426950408889634
+    if HAS_D:
+        Dv = tl.load(D_ptr + d_x, mask=m_d, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + d_x, mask=m_d, other=0.0).to(tl.float32)
+    u_b = u_ptr + pid_b * s_ub + d_x * s_ud
+    t_b = dt_ptr + pid_b * s_tb + d_x * s_td
+    z_b = z_ptr + pid_b * s_zb + d_x * s_zd
+    g_b = g_ptr + pid_b * s_gb + d_x * s_gd
+    x_b = pid_b * s_xb + d_x * s_xd
+    B_b = B_ptr + pid_b * s_Bb + n_x * s_Bn
+    C_b = C_ptr + pid_b * s_Cb + n_x * s_Cn
+    hs_b = hs_ptr + pid_b * n_seg * dim * nstate + dn
+    # per-program scratch: the state entering each of the K chunks of the current segment
+    scr_b = scr_ptr + ((pid_b * tl.num_programs(0) + pid_d) * K * (NR * DR * W * NL * DL)
+                       + (((inr * DR + idr) * W + iw) * NL + inl) * DL + (DL - 1 - idl))
+    # dB, dC: sums over this program's channels; one row per channel block and warp (W), or atomics
+    # (at full tile width: lanes sharing a value write it to the same address, one transaction, and the
+    # store keeps the layout of the computation; atomics let only the first of those lanes add)
+    if ATOMIC_BC:
+        p_b = pid_b * s_pb + n_s * s_pn + iw * 0 + idl * 0
+        m_nb = (n_x < nstate) & (idl == 0)
+    else:
+        p_b = (pid_d * W + iw).to(tl.int64) * s_pp + pid_b * s_pb + n_s * s_pn + idl * 0
+        m_nb = m_n
+
+    # mu: what the later steps (in scan order) pass back, a[t+1] * lambda[t+1]
+    if HAS_DLAST:
+        mu = tl.load(dlast_ptr + pid_b * dim * nstate + dn, mask=m_dn, other=0.0).to(tl.float32)
+    else:
+        mu = tl.full([1, NR, DR, W, NL, DL], 0.0, tl.float32)
+    dA_acc = tl.full([1, NR, DR, W, NL, DL], 0.0, tl.float32)
+    dD_acc = tl.full([1, 1, DR, W, NL, DL], 0.0, tl.float32)
+    dbias_acc = tl.full([1, 1, DR, W, NL, DL], 0.0, tl.float32)
+    zero_dl = tl.full([1, 1, 1, 1, 1, DL], 0.0, tl.float32)
+
+    # Touching a segment's B and C rows (one element per lane, summed into a value never stored) brings
+    # them to the caches a segment ahead of the per-step loads.
+    lane_t = idl % (T * K)
+    lane_n = (idl // (T * K)) % nstate
+    touch = tl.full([1, 1, 1, 1, 1, DL], 0.0, tl.float32)
+    ita = tl.arange(0, TA)[:, None, None, None, None, None]
+    KA = (T * K) // TA
+
+    for si in range(0, n_seg):
+        # segments in the opposite order to the forward scan
+        if REVERSE:
+            seg = si
+            seg_nx = si + 1
+        else:
+            seg = n_seg - 1 - si
+            seg_nx = seg - 1
+        tn = tl.minimum(tl.maximum(seg_nx * (T * K) + lane_t, 0), L - 1)
+        touch += tl.load(B_ptr + pid_b * s_Bb + tn * s_Bl + lane_n * s_Bn).to(tl.float32)
+        touch += tl.load(C_ptr + pid_b * s_Cb + tn * s_Cl + lane_n * s_Cn).to(tl.float32)
+
+        # Phase A: run the forward recurrence through the segment from its saved entry state, in chunks of
+        # TA steps loaded one chunk ahead, and keep the state entering each chunk of T steps (scratch: the
+        # thread that writes a value reads it back, no barrier needed)
+        h = tl.load(hs_b + seg * dim * nstate, mask=m_dn, other=0.0)
+        if REVERSE:
+            ka = KA - 1
+        else:
+            ka = 0
+        tt = tl.minimum(seg * (T * K) + ka * TA + ita, L - 1)
+        uA_n = tl.load(u_b + tt * s_ul, mask=m_d, other=0.0)
+        dA_n = tl.load(t_b + tt * s_tl, mask=m_d, other=0.0)
+        for _ka in range(0, KA):
+            t0 = seg * (T * K) + ka * TA
+            u = uA_n.to(tl.float32)
+            dt = dA_n.to(tl.float32)
+            if REVERSE:
+                ka_nx = ka - 1
+            else:
+                ka_nx = ka + 1
+            tt = tl.minimum(tl.maximum(seg * (T * K) + ka_nx * TA + ita, 0), L - 1)
+            uA_n = tl.load(u_b + tt * s_ul, mask=m_d, other=0.0)
+            dA_n = tl.load(t_b + tt * s_tl, mask=m_d, other=0.0)
+            if HAS_BIAS:
+                dt = dt + bias
+            if SOFTPLUS:
+                e = tl.exp2(-tl.abs(dt) * 1.4426950408889634)
+                w1 = 1.0 + e
+                dw = w1 - 1.0
+                lp = tl.where(dw == 0.0, e, tl.log(w1) * (e / tl.where(dw == 0.0, 1.0, dw)))
+                dt = tl.where(dt > 20.0, dt, tl.maximum(dt, 0.0) + lp)
+            if PAD:
+                dt = tl.where((t0 + ita) < L, dt, 0.0)
+            du = dt * u
+            for jj in tl.static_range(TA):
+                if REVERSE:
+                    j = TA - 1 - jj
+                else:
+                    j = jj
+                if REVERSE:
+                    at_entry = (j % T) == T - 1
+                else:
+                    at_entry = (j % T) == 0
+                if at_entry:
+                    tl.store(scr_b + (ka * (TA // T) + j // T) * (NR * DR * W * NL * DL), h)
+                B_j = tl.load(B_b + tl.minimum(t0 + j, L - 1) * s_Bl, mask=m_n, other=0.0).to(tl.float32)
+                dt_j = tl.reduce(tl.where(ita == j, dt, -0.0), 0, _sum_comb, keep_dims=True)
+                du_j = tl.reduce(tl.where(ita == j, du, -0.0), 0, _sum_comb, keep_dims=True)
+                h = tl.exp2(dt_j * A2) * h + du_j * B_j
+            ka = ka_nx
+
+        # Phase B: the chunks of T steps of the segment in reverse scan order, tiles loaded one chunk ahead
+        if REVERSE:
+            k = 0
+        else:
+            k = K - 1
+        tt = tl.minimum(seg * (T * K) + k * T + it, L - 1)
+        u_n = tl.load(u_b + tt * s_ul, mask=m_d, other=0.0)
+        dt_n = tl.load(t_b + tt * s_tl, mask=m_d, other=0.0)
+        g_n = tl.load(g_b + tt * s_gl, mask=m_d, other=0.0)
+        if HAS_Z:
+            z_n = tl.load(z_b + tt * s_zl, mask=m_d, other=0.0)
+        for _kk in range(0, K):
+            t0 = seg * (T * K) + k * T
+            if PAD:
+                m_t = (t0 + it) < L
+                m_dt = m_d & m_t
+            else:
+                m_t = it >= 0
+                m_dt = m_d
+            u = u_n.to(tl.float32)
+            dt_raw = dt_n.to(tl.float32)
+            g = g_n.to(tl.float32)
+            if HAS_Z:
+                zz = z_n.to(tl.float32)
+            if REVERSE:
+                k_nx = k + 1
+            else:
+                k_nx = k - 1
+            tt = tl.minimum(tl.maximum(seg * (T * K) + k_nx * T + it, 0), L - 1)
+            u_n = tl.load(u_b + tt * s_ul, mask=m_d, other=0.0)
+            dt_n = tl.load(t_b + tt * s_tl, mask=m_d, other=0.0)
+            g_n = tl.load(g_b + tt * s_gl, mask=m_d, other=0.0)
+            if HAS_Z:
+                z_n = tl.load(z_b + tt * s_zl, mask=m_d, other=0.0)
+            h = tl.load(scr_b + k * (NR * DR * W * NL * DL))
+            if PAD:
+                g = tl.where(m_t, g, 0.0)
+            if HAS_BIAS:
+                dt_raw = dt_raw + bias
+            if SOFTPLUS:
+                e = tl.exp2(-tl.abs(dt_raw) * 1.4426950408889634)
+                w1 = 1.0 + e
+                dw = w1 - 1.0
+                lp = tl.where(dw == 0.0, e, tl.log(w1) * (e / tl.where(dw == 0.0, 1.0, dw)))
+                dt = tl.where(dt_raw > 20.0, dt_raw, tl.maximum(dt_raw, 0.0) + lp)
+            else:
+                dt = dt_raw
+            if PAD:
+                dt = tl.where(m_t, dt, 0.0)
+            du_ = dt * u
+            if HAS_Z:
+                sig = 1.0 / (1.0 + tl.exp2(-zz * 1.4426950408889634))
+                gy = g * zz * sig
+            else:
+                gy = g
+            a = tl.exp2(dt * A2)
+
+            # forward through the chunk: states (kept as hb = a[t] h[t-1] = h[t] - b[t]), dC, and dz
+            hb = tl.full([T, NR, DR, W, NL, DL], 0.0, tl.float32)
+            for jj in tl.static_range(T):
+                if REVERSE:
+                    j = T - 1 - jj
+                else:
+                    j = jj
+                tj = tl.minimum(t0 + j, L - 1)
+                B_j = tl.load(B_b + tj * s_Bl, mask=m_n, other=0.0).to(tl.float32)
+                a_j = tl.reduce(tl.where(it == j, a, -0.0), 0, _sum_comb, keep_dims=True)
+                du_j = tl.reduce(tl.where(it == j, du_, -0.0), 0, _sum_comb, keep_dims=True)
+                gy_j = tl.reduce(tl.where(it == j, gy, -0.0), 0, _sum_comb, keep_dims=True)
+                hb_j = a_j * h
+                h = hb_j + du_j * B_j
+                hb = tl.where(it == j, hb_j, hb)
+                dC_j = tl.reduce(gy_j * h, 2, _sum_comb, keep_dims=True)
+                dC_j = tl.reduce(dC_j, 5, _sum_comb, keep_dims=True) + zero_dl
+                m_bc = m_nb & ((t0 + j) < L)
+                if ATOMIC_BC:
+                    tl.atomic_add(dC_ptr + (t0 + j) * s_pl + p_b, dC_j, mask=m_bc)
+                else:
+                    tl.store(dC_ptr + (t0 + j) * s_pl + p_b, dC_j, mask=m_bc)
+                if HAS_Z:
+                    C_j = tl.load(C_b + tj * s_Cl, mask=m_n, other=0.0).to(tl.float32)
+                    y0_j = tl.reduce(tl.reduce(C_j * h, 1, _sum_comb, keep_dims=True), 4, _sum_comb, keep_dims=True)
+                    u_j = tl.reduce(tl.where(it == j, u, -0.0), 0, _sum_comb, keep_dims=True)
+                    z_j = tl.reduce(tl.where(it == j, zz, -0.0), 0, _sum_comb, keep_dims=True)
+                    s_j = tl.reduce(tl.where(it == j, sig, -0.0), 0, _sum_comb, keep_dims=True)
+                    g_j = tl.reduce(tl.where(it == j, g, -0.0), 0, _sum_comb, keep_dims=True)
+                    if HAS_D:
+                        y0_j = y0_j + Dv * u_j
+                    dz_j = g_j * y0_j * s_j * (1.0 + z_j * (1.0 - s_j))
+                    tl.store(dz_ptr + x_b + (t0 + j) * s_xl, dz_j.to(dz_ptr.dtype.element_ty),
+                             mask=m_d & ((t0 + j) < L))
+
+            # adjoint, backwards in scan order: lambda[t] = C[t] gy[t] + mu, then mu = a[t] lambda[t] is what
+            # step t passes on to the step before it
+            for jj in tl.static_range(T):
+                if REVERSE:
+                    j = jj
+                else:
+                    j = T - 1 - jj
+                tj = tl.minimum(t0 + j, L - 1)
+                B_j = tl.load(B_b + tj * s_Bl, mask=m_n, other=0.0).to(tl.float32)
+                C_j = tl.load(C_b + tj * s_Cl, mask=m_n, other=0.0).to(tl.float32)
+                a_j = tl.reduce(tl.where(it == j, a, -0.0), 0, _sum_comb, keep_dims=True)
+                hb_j = tl.reduce(tl.where(it == j, hb, -0.0), 0, _sum_comb, keep_dims=True)
+                u_j = tl.reduce(tl.where(it == j, u, -0.0), 0, _sum_comb, keep_dims=True)
+                dt_j = tl.reduce(tl.where(it == j, dt, -0.0), 0, _sum_comb, keep_dims=True)
+                du_j = tl.reduce(tl.where(it == j, du_, -0.0), 0, _sum_comb, keep_dims=True)
+                gy_j = tl.reduce(tl.where(it == j, gy, -0.0), 0, _sum_comb, keep_dims=True)
+                lam = gy_j * C_j + mu
+                mu = a_j * lam
+                q = lam * hb_j
+                dA_acc += q * dt_j
+                dB_j = tl.reduce(lam * du_j, 2, _sum_comb, keep_dims=True)
+                dB_j = tl.reduce(dB_j, 5, _sum_comb, keep_dims=True) + zero_dl
+                lb = tl.reduce(tl.reduce(lam * B_j, 1, _sum_comb, keep_dims=True), 4, _sum_comb, keep_dims=True)
+                aq = tl.reduce(tl.reduce(q * A, 1, _sum_comb, keep_dims=True), 4, _sum_comb, keep_dims=True)
+                m_bc = m_nb & ((t0 + j) < L)
+                if ATOMIC_BC:
+                    tl.atomic_add(dB_ptr + (t0 + j) * s_pl + p_b, dB_j, mask=m_bc)
+                else:
+                    tl.store(dB_ptr + (t0 + j) * s_pl + p_b, dB_j, mask=m_bc)
+                ddt_j = u_j * lb + aq
+                du_o = dt_j * lb
+                if HAS_D:
+                    du_o = du_o + gy_j * Dv
+                    dD_acc += gy_j * u_j
+                if SOFTPLUS:
+                    r_j = tl.reduce(tl.where(it == j, dt_raw, -0.0), 0, _sum_comb, keep_dims=True)
+                    ddt_j = ddt_j / (1.0 + tl.exp2(-r_j * 1.4426950408889634))
+                m_j = m_d & ((t0 + j) < L)
+                if PAD:
+                    ddt_j = tl.where(m_j, ddt_j, 0.0)
+                if HAS_BIAS:
+                    dbias_acc += ddt_j
+                tl.store(du_ptr + x_b + (t0 + j) * s_xl, du_o.to(du_ptr.dtype.element_ty), mask=m_j)
+                tl.store(ddt_ptr + x_b + (t0 + j) * s_xl, ddt_j.to(ddt_ptr.dtype.element_ty), mask=m_j)
+            k = k_nx
+
+    tl.store(dA_ptr + pid_b * dim * nstate + dn, dA_acc, mask=m_dn)
+    if HAS_D:
+        tl.store(dD_ptr + pid_b * dim + d_x, dD_acc, mask=m_d)
+    if HAS_BIAS:
+        tl.store(dbias_ptr + pid_b * dim + d_x, dbias_acc, mask=m_d)
+    if never != 0:  # keeps the touches (never true)
+        tl.store(dA_ptr + idl * 0, touch)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Lazy decoration and tile shapes
+# ----------------------------------------------------------------------------------------------------------
+
+def _interpret_mode() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "yes", "on")
+
+
+_KERNELS: dict = {}
+# Strides along time and batch are never specialised (a unit time stride would make the compiler lay tiles
+# out along time); channel and state strides are (a unit stride becomes an immediate address offset).
+_STRIDE_ARGS = ("s_ub s_ul s_tb s_tl s_zb s_zl s_Bb s_Bl s_Cb s_Cl s_ob s_ol s_gb s_gl s_xb s_xl s_pp s_pb s_pl "
+                "never").split()
+
+# Tile shapes (T, NR, DR, W, NL, DL); num_warps = W. Benchmarks and tests may set
+# _CONFIG_OVERRIDE = {"fwd": (...), "bwd": (...), "atomic_bc": bool} to force a choice.
+_CONFIG_OVERRIDE: Optional[dict] = None
+
+
+def _get_kernels():
+    interp = _interpret_mode()
+    kern = _KERNELS.get(interp)
+    if kern is None:
+        fwd_args = [p for p in _STRIDE_ARGS if p in _scan_fwd_kernel.__code__.co_varnames]
+        bwd_args = [p for p in _STRIDE_ARGS if p in _scan_bwd_kernel.__code__.co_varnames]
+        kern = (triton.jit(_scan_fwd_kernel, do_not_specialize=fwd_args),
+                triton.jit(_scan_bwd_kernel, do_not_specialize=bwd_args))
+        _KERNELS[interp] = kern
+    return kern[0], kern[1], interp
+
+
+def _next_pow2(x: int) -> int:
+    return 1 << max(0, int(x - 1).bit_length())
+
+
+def _config(kind: str, dim: int, nstate: int, length: int, interp: bool):
+    """Tile shape (T, NR, DR, W, NL, DL) of the forward ("fwd") kernel, or (T, NR, DR, W, NL, DL, K) of the
+    backward ("bwd"), whose segments of T * K steps are also the spacing of the states the forward saves."""
+    if _CONFIG_OVERRIDE and kind in _CONFIG_OVERRIDE:
+        return tuple(_CONFIG_OVERRIDE[kind])
+    bn = _next_pow2(nstate)
+    if interp:  # the interpreter's cost is per element: small tiles, no lane split
+        t = min(4, _next_pow2(length))
+        cfg = (t, bn, min(_next_pow2(dim), 4), 1, 1, 1)
+        return cfg + (2,) if kind == "bwd" else cfg
+    # Chosen from the sweep in NOTES_triton.md (H100, Triton 3.6). Forward: one step per iteration (longer
+    # unrolled chunks overflow the instruction cache), up to 16 states in a thread's registers. Backward:
+    # chunks of 4 steps, segments of 32 (the forward saves one state per 32 steps), states over 4 lanes.
+    if kind == "bwd":
+        nl = min(bn, 32, max(4, bn // 4))
+        t, k = 4, 8
+    else:
+        nl = min(32, max(1, bn // 16))
+        t, k = 1, None
+    dl = 32 // nl
+    nr = bn // nl
+    w = 4
+    while w > 1 and dl * w > max(dl, _next_pow2(dim)):
+        w //= 2
+    return (t, nr, 1, w, nl, dl) if k is None else (t, nr, 1, w, nl, dl, k)
+
+
+def _check_tile(T, NR, DR, W, NL, DL, nstate):
+    for v in (T, NR, DR, W, NL, DL):
+        if v < 1 or v & (v - 1):
+            raise ValueError(f"tile sizes must be powers of 2, got {(T, NR, DR, W, NL, DL)}")
+    if NL * DL != 32 and not _interpret_mode():
+        raise ValueError(f"NL * DL must be 32 (the lanes of a warp), got {(T, NR, DR, W, NL, DL)}")
+    if NR * NL < nstate:
+        raise ValueError(f"tile {(T, NR, DR, W, NL, DL)} covers {NR * NL} states, fewer than {nstate}")
+
+
+def _atomic_bc() -> bool:
+    return bool(_CONFIG_OVERRIDE and _CONFIG_OVERRIDE.get("atomic_bc"))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Launchers
+# ----------------------------------------------------------------------------------------------------------
+
+def _launch_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, want_last, want_hs):
+    batch, dim, length = u.shape
+    nstate = A.shape[1]
+    fwd, _, interp = _get_kernels()
+    T, NR, DR, W, NL, DL = _config("fwd", dim, nstate, length, interp)
+    _check_tile(T, NR, DR, W, NL, DL, nstate)
+    if want_hs:  # the states entering each segment of the backward
+        cfg_b = _config("bwd", dim, nstate, length, interp)
+        seg = cfg_b[0] * cfg_b[6]
+    else:
+        seg = T
+    if seg % T:
+        raise ValueError(f"the backward's segment ({seg} steps) must be a multiple of the forward's chunk ({T})")
+    n_chunks = triton.cdiv(length, T)
+    n_hs = triton.cdiv(length, seg)
+    dev = u.device
+    # written time-major, returned as a (batch, dim, length) view: lanes store consecutive channels
+    out = torch.empty((batch, length, dim), device=dev, dtype=u.dtype).transpose(1, 2)
+    last = torch.empty((batch, dim, nstate), device=dev, dtype=torch.float32) if want_last else None
+    hs = torch.empty((batch, n_hs, dim, nstate), device=dev, dtype=torch.float32) if want_hs else None
+    zz = z if z is not None else u
+    grid = (triton.cdiv(dim, DR * W * DL), batch)
+    fwd[grid](
+        u, delta, A, B, C, D if D is not None else A, zz, delta_bias if delta_bias is not None else A,
+        out, last if last is not None else A, hs if hs is not None else A,
+        dim, nstate, length, n_chunks, n_hs, 0,
+        u.stride(0), u.stride(1), u.stride(2),
+        delta.stride(0), delta.stride(1), delta.stride(2),
+        zz.stride(0), zz.stride(1), zz.stride(2),
+        B.stride(0), B.stride(1), B.stride(2),
+        C.stride(0), C.stride(1), C.stride(2),
+        out.stride(0), out.stride(1), out.stride(2),
+        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(softplus),
+        REVERSE=bool(reverse), STORE_HS=bool(want_hs), STORE_LAST=bool(want_last), HS_EVERY=seg // T,
+        EVEN_D=dim % (DR * W * DL) == 0, EVEN_N=nstate == NR * NL, PAD=length % T != 0,
+        T=T, NR=NR, DR=DR, W=W, NL=NL, DL=DL, num_warps=W,
+    )
+    return out, last, hs, seg
+
+
+def _launch_bwd(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, hs, chunk, dout, dlast):
+    batch, dim, length = u.shape
+    nstate = A.shape[1]
+    _, bwd, interp = _get_kernels()
+    cfg = _config("bwd", dim, nstate, length, interp)
+    T, NR, DR, W, NL, DL, K = cfg[:7]
+    _check_tile(T, NR, DR, W, NL, DL, nstate)
+    # phase A (the states entering the segment's chunks) walks the segment in chunks of TA steps: the
+    # largest power of 2 up to 8 (or the 8th entry of the tile) that is a multiple of T and divides T * K
+    if len(cfg) > 7:
+        TA = cfg[7]
+    else:
+        TA = T
+        while TA * 2 <= max(8, T) and (T * K) % (TA * 2) == 0:
+            TA *= 2
+    if TA % T or (T * K) % TA or TA & (TA - 1):
+        raise ValueError(f"phase-A chunk {TA} must be a power of 2, a multiple of {T} and divide {T * K}")
+    if T * K != chunk:
+        raise RuntimeError(f"selective_scan_triton: states were saved every {chunk} steps, the backward's "
+                           f"segments have {T * K}")
+    n_seg = triton.cdiv(length, T * K)
+    n_dblocks = triton.cdiv(dim, DR * W * DL)
+    scratch = torch.empty((batch * n_dblocks * K * DR * W * DL * NR * NL,), device=u.device,
+                          dtype=torch.float32)
+    n_parts = n_dblocks * W
+    atomic = _atomic_bc()
+    dev = u.device
+
+    def tm(dtype):  # time-major (batch, length, dim) storage seen as (batch, dim, length)
+        return torch.empty((batch, length, dim), device=dev, dtype=dtype).transpose(1, 2)
+
+    du, ddelta = tm(u.dtype), tm(delta.dtype)
+    dz = tm(z.dtype) if z is not None else None
+    dA_part = torch.empty((batch, dim, nstate), device=dev, dtype=torch.float32)
+    dD_part = torch.empty((batch, dim), device=dev, dtype=torch.float32) if D is not None else None
+    db_part = torch.empty((batch, dim), device=dev, dtype=torch.float32) if delta_bias is not None else None
+    if atomic:
+        dB_part = torch.zeros((1, batch, length, nstate), device=dev, dtype=torch.float32)
+        dC_part = torch.zeros((1, batch, length, nstate), device=dev, dtype=torch.float32)
+    else:
+        dB_part = torch.empty((n_parts, batch, length, nstate), device=dev, dtype=torch.float32)
+        dC_part = torch.empty((n_parts, batch, length, nstate), device=dev, dtype=torch.float32)
+    zz = z if z is not None else u
+    if dlast is not None:
+        dlast = dlast.to(torch.float32).contiguous()
+    grid = (n_dblocks, batch)
+    bwd[grid](
+        u, delta, A, B, C, D if D is not None else A, zz, delta_bias if delta_bias is not None else A,
+        dout, hs, dlast if dlast is not None else A, scratch,
+        du, ddelta, dz if dz is not None else du, dA_part,
+        dD_part if dD_part is not None else dA_part, db_part if db_part is not None else dA_part,
+        dB_part, dC_part,
+        dim, nstate, length, n_seg, 0,
+        u.stride(0), u.stride(1), u.stride(2),
+        delta.stride(0), delta.stride(1), delta.stride(2),
+        zz.stride(0), zz.stride(1), zz.stride(2),
+        B.stride(0), B.stride(1), B.stride(2),
+        C.stride(0), C.stride(1), C.stride(2),
+        dout.stride(0), dout.stride(1), dout.stride(2),
+        du.stride(0), du.stride(1), du.stride(2),
+        0 if atomic else dB_part.stride(0), dB_part.stride(1), dB_part.stride(3), dB_part.stride(2),
+        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(softplus),
+        REVERSE=bool(reverse), HAS_DLAST=dlast is not None, ATOMIC_BC=atomic,
+        EVEN_D=dim % (DR * W * DL) == 0, EVEN_N=nstate == NR * NL, PAD=length % (T * K) != 0, K=K, TA=TA,
+        T=T, NR=NR, DR=DR, W=W, NL=NL, DL=DL, num_warps=W,
+    )
+    dA = dA_part.sum(0)
+    dD = dD_part.sum(0) if dD_part is not None else None
+    dbias = db_part.sum(0) if db_part is not None else None
+    dB = dB_part[0] if atomic else dB_part.sum(0)
+    dC = dC_part[0] if atomic else dC_part.sum(0)
+    return du, ddelta, dA, dB.transpose(1, 2).to(B.dtype), dC.transpose(1, 2).to(C.dtype), dD, dz, dbias
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Autograd and the public function
+# ----------------------------------------------------------------------------------------------------------
+
+def _segment(dim: int, nstate: int, length: int) -> int:
+    """Steps between the states the forward saves for the backward (the backward's segment length)."""
+    cfg = _config("bwd", dim, nstate, length, _interpret_mode())
+    return cfg[0] * cfg[6]
+
+
+def _time_major(batch: int, dim: int, length: int, like: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return like.new_empty((batch, length, dim), dtype=dtype).transpose(1, 2)
+
+
+# Registered as custom ops, so torch.compile keeps a whole model in one graph (the op is opaque to it) and
+# CUDA graphs capture the launches as they are. Absent outputs are empty tensors (custom ops return tensors).
+@torch.library.custom_op("vimamba::selective_scan_fwd", mutates_args=())
+def _scan_fwd_op(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+                 D: Optional[torch.Tensor], z: Optional[torch.Tensor], delta_bias: Optional[torch.Tensor],
+                 softplus: bool, reverse: bool, want_last: bool,
+                 want_hs: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    with _on_device(u):
+        out, last, hs, _ = _launch_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, want_last, want_hs)
+    return out, last if last is not None else u.new_empty(0, dtype=torch.float32), \
+        hs if hs is not None else u.new_empty(0, dtype=torch.float32)
+
+
+@_scan_fwd_op.register_fake
+def _scan_fwd_fake(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, want_last, want_hs):
+    batch, dim, length = u.shape
+    nstate = A.shape[1]
+    last = u.new_empty((batch, dim, nstate) if want_last else (0,), dtype=torch.float32)
+    n_hs = -(-length // _segment(dim, nstate, length)) if want_hs else 0
+    hs = u.new_empty((batch, n_hs, dim, nstate) if want_hs else (0,), dtype=torch.float32)
+    return _time_major(batch, dim, length, u, u.dtype), last, hs
+
+
+@torch.library.custom_op("vimamba::selective_scan_bwd", mutates_args=())
+def _scan_bwd_op(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+                 D: Optional[torch.Tensor], z: Optional[torch.Tensor], delta_bias: Optional[torch.Tensor],
+                 softplus: bool, reverse: bool, hs: torch.Tensor, dout: torch.Tensor,
+                 dlast: Optional[torch.Tensor]) -> List[torch.Tensor]:
+    batch, dim, length = u.shape
+    with _on_device(u):
+        grads = _launch_bwd(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, hs,
+                            _segment(dim, A.shape[1], length), dout, dlast)
+    return [g if g is not None else u.new_empty(0) for g in grads]
+
+
+@_scan_bwd_op.register_fake
+def _scan_bwd_fake(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, hs, dout, dlast):
+    batch, dim, length = u.shape
+    nstate = A.shape[1]
+
+    def state_major(dtype):  # dB, dC: (batch, length, state) buffers seen as (batch, state, length)
+        return u.new_empty((batch, length, nstate), dtype=dtype).transpose(1, 2)
+
+    return [
+        _time_major(batch, dim, length, u, u.dtype), _time_major(batch, dim, length, u, delta.dtype),
+        A.new_empty((dim, nstate), dtype=torch.float32), state_major(B.dtype), state_major(C.dtype),
+        u.new_empty((dim,) if D is not None else (0,), dtype=torch.float32),
+        _time_major(batch, dim, length, u, z.dtype) if z is not None else u.new_empty(0),
+        u.new_empty((dim,) if delta_bias is not None else (0,), dtype=torch.float32),
+    ]
+
+
+def _scan_setup_context(ctx, inputs, output):
+    u, delta, A, B, C, D, z, delta_bias, softplus, reverse, want_last, want_hs = inputs
+    ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, output[2])
+    ctx.softplus, ctx.reverse, ctx.want_last = softplus, reverse, want_last
+    ctx.set_materialize_grads(False)
+
+
+def _scan_backward(ctx, dout, dlast, _dhs):
+    u, delta, A, B, C, D, z, delta_bias, hs = ctx.saved_tensors
+    if hs.numel() == 0:
+        raise RuntimeError("selective_scan_triton: the forward ran without saving states for a backward")
+    if dout is None:
+        dout = torch.zeros_like(u)
+    if not ctx.want_last or (dlast is not None and dlast.numel() == 0):
+        dlast = None
+    du, ddelta, dA, dB, dC, dD, dz, dbias = _scan_bwd_op(
+        u, delta, A, B, C, D, z, delta_bias, ctx.softplus, ctx.reverse, hs, dout, dlast)
+    return (du, ddelta, dA, dB, dC, dD if D is not None else None, dz if z is not None else None,
+            dbias if delta_bias is not None else None, None, None, None, None)
+
+
+_scan_fwd_op.register_autograd(_scan_backward, setup_context=_scan_setup_context)
+
+
+def selective_scan_triton(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: Optional[torch.Tensor] = None,
+    z: Optional[torch.Tensor] = None,
+    delta_bias: Optional[torch.Tensor] = None,
+    delta_softplus: bool = False,
+    return_last_state: bool = False,
+    reverse: bool = False,
+):
+    """Selective scan with Triton kernels; same arguments and result as ``selective_scan_ref``.
+
+    Only input-dependent B and C of shape (batch, state, length) are handled; others raise
+    ``NotImplementedError``. u, delta, B, C, z may be fp32, fp16 or bf16 and any strided view; A, D and
+    delta_bias are used in fp32. The output has u's dtype; the last state (``return_last_state``) is fp32.
+    """
+    if not HAS_TRITON:
+        raise RuntimeError("selective_scan_triton needs the triton package")
+    check_scan_inputs(u, delta, A, B, C, D, z, delta_bias)
+    if B.dim() != 3 or C.dim() != 3:
+        raise NotImplementedError(
+            "selective_scan_triton handles input-dependent B and C of shape (batch, state, length) only; "
+            f"got B {tuple(B.shape)}, C {tuple(C.shape)} (use selective_scan_ref for time-invariant or grouped B/C)")
+    ok = (torch.float32, torch.float16, torch.bfloat16)
+    for name, t in (("u", u), ("delta", delta), ("B", B), ("C", C), ("z", z)):
+        if t is not None and t.dtype not in ok:
+            raise NotImplementedError(f"selective_scan_triton takes fp32, fp16 or bf16 {name}, got {t.dtype}")
+    if not u.is_cuda and not _interpret_mode():
+        raise NotImplementedError("selective_scan_triton on CPU tensors runs in Triton's interpreter only: "
+                                  "set TRITON_INTERPRET=1, or use selective_scan_ref")
+    # Small per-channel parameters: fp32, contiguous (a copy only when they are not already).
+    A = A.to(torch.float32).contiguous()
+    D = D.to(torch.float32).contiguous() if D is not None else None
+    delta_bias = delta_bias.to(torch.float32).contiguous() if delta_bias is not None else None
+    if u.numel() == 0:
+        out = torch.empty_like(u, memory_format=torch.contiguous_format)
+        last = u.new_zeros((u.shape[0], u.shape[1], A.shape[1]), dtype=torch.float32)
+        return (out, last) if return_last_state else out
+    tensors = (u, delta, A, B, C, D, z, delta_bias)
+    want_hs = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    out, last, _ = _scan_fwd_op(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus), bool(reverse),
+                                bool(return_last_state), want_hs)
+    return (out, last) if return_last_state else out
+
+
+def _on_device(t: torch.Tensor):
+    """Triton launches on the current CUDA device: make it the tensor's (the backward, run by autograd on the
+    forward's device, is guarded the same way)."""
+    import contextlib
+
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()

@@ -1,0 +1,63 @@
+"""Per-epoch metrics as CSV and JSON lines (rewritten whole each epoch), and the learning-curve plot."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+__all__ = ["write_metrics", "plot_curves"]
+
+
+def _replace_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_metrics(rows: list[dict[str, Any]], folder: Path) -> None:
+    """``metrics.csv`` and ``metrics.jsonl`` from all rows so far (a resumed run rewrites them consistently)."""
+    if not rows:
+        return
+    columns: list[str] = []
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    _replace_text(folder / "metrics.csv", buf.getvalue())
+    _replace_text(folder / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def plot_curves(rows: list[dict[str, Any]], path: Path) -> None:
+    """Loss and accuracy against epochs (matplotlib's Agg backend: no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [r["epoch"] for r in rows]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    ax_loss.plot(epochs, [r["train_loss"] for r in rows], marker="o", label="train")
+    ax_loss.plot(epochs, [r["val_loss"] for r in rows], marker="o", label="validation")
+    ax_loss.set_xlabel("epoch")
+    ax_loss.set_ylabel("loss")
+    ax_loss.legend()
+    ax_loss.grid(alpha=0.3)
+    ax_acc.plot(epochs, [100 * r["val_top1"] for r in rows], marker="o", label="top-1")
+    ax_acc.plot(epochs, [100 * r["val_top5"] for r in rows], marker="o", label="top-5")
+    if any("ema_val_top1" in r for r in rows):
+        ax_acc.plot(epochs, [100 * r.get("ema_val_top1", float("nan")) for r in rows], marker="o", label="EMA top-1")
+    ax_acc.set_xlabel("epoch")
+    ax_acc.set_ylabel("validation accuracy (%)")
+    ax_acc.legend()
+    ax_acc.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)

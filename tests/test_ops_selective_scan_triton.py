@@ -1,0 +1,378 @@
+"""Triton selective scan (``vimamba.ops.selective_scan.triton_scan``) against ``selective_scan_ref``.
+
+Without a GPU the kernels run in Triton's interpreter on the CPU: this file sets TRITON_INTERPRET=1 itself when
+no CUDA device is present (the kernels are built on first call, so this works even when triton was imported
+earlier by another test file). Sizes stay small there; the full-size checks are marked ``gpu``.
+
+Tolerances, as relative errors ||got - want|| / ||want|| (and the largest elementwise error over the largest
+reference value): the reference runs in fp32 on the same (rounded) inputs, so
+  fp32 inputs:       norm 2e-5, max 1e-4  (only the summation order differs; observed ~1e-7)
+  fp16 inputs:       norm 3e-3, max 1e-2  (the output and the gradients are rounded to fp16, 2^-11)
+  bf16 inputs:       norm 1e-2, max 3e-2  (rounded to bf16, 2^-8)
+Values and the gradients of every input (u, delta, A, B, C, D, z, delta_bias) are checked, and the gradient
+through the returned last state when it is returned.
+
+Run the timing sweep on a GPU with ``PYTHONPATH=src python tests/test_ops_selective_scan_triton.py --bench``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+pytest.importorskip("triton")
+
+from vimamba.ops.selective_scan import triton_scan  # noqa: E402
+from vimamba.ops.selective_scan.reference import selective_scan_ref  # noqa: E402
+from vimamba.ops.selective_scan.triton_scan import selective_scan_triton  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+TOL = {torch.float32: (2e-5, 1e-4), torch.float16: (3e-3, 1e-2), torch.bfloat16: (1e-2, 3e-2)}
+GRAD_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
+
+
+def _errors(got: torch.Tensor, want: torch.Tensor):
+    got, want = got.detach().double(), want.detach().double()
+    diff = got - want
+    scale = want.norm()
+    if scale == 0:  # e.g. dA at length 1 (no previous state): exactly zero in both
+        return diff.norm().item(), diff.abs().max().item() if diff.numel() else 0.0
+    return (diff.norm() / scale).item(), (diff.abs().max() / want.abs().max()).item()
+
+
+def _check(name: str, got: torch.Tensor, want: torch.Tensor, dtype: torch.dtype) -> None:
+    assert got.shape == want.shape, f"{name}: shape {tuple(got.shape)} != {tuple(want.shape)}"
+    assert torch.isfinite(got).all(), f"{name}: non-finite values"
+    tol_norm, tol_max = TOL[dtype]
+    err_norm, err_max = _errors(got, want)
+    assert err_norm <= tol_norm and err_max <= tol_max, (
+        f"{name}: relative error {err_norm:.2e} (max {err_max:.2e}) over tolerance {tol_norm:.0e} ({tol_max:.0e})")
+
+
+def _inputs(batch, dim, state, length, dtype, *, seed=0, time_major=False, device=DEVICE):
+    """Vim-like inputs: A = -exp(A_log) with S4D-real init, delta around softplus^-1 of 0.001..0.1."""
+    g = torch.Generator().manual_seed(seed)
+
+    def rnd(*shape, scale=1.0):
+        return torch.randn(*shape, generator=g) * scale
+
+    u = rnd(batch, dim, length)
+    delta = rnd(batch, dim, length, scale=0.5)
+    A = -torch.exp(torch.log(torch.arange(1, state + 1, dtype=torch.float32)).repeat(dim, 1)
+                   + rnd(dim, state, scale=0.1))
+    B = rnd(batch, state, length)
+    C = rnd(batch, state, length)
+    D = rnd(dim)
+    z = rnd(batch, dim, length)
+    delta_bias = torch.log(torch.expm1(torch.exp(torch.rand(dim, generator=g) * 4.6 - 6.9))) + rnd(dim, scale=0.1)
+
+    def place(t):
+        t = t.to(dtype)
+        if time_major:  # (batch, length, x) memory seen as (batch, x, length), as Linear outputs give it
+            t = t.transpose(1, 2).contiguous().transpose(1, 2)
+        return t.to(device)
+
+    return dict(u=place(u), delta=place(delta), A=A.to(device), B=place(B), C=place(C), D=D.to(device),
+                z=place(z), delta_bias=delta_bias.to(device))
+
+
+def _leaves(inputs, use):
+    """Fresh leaf tensors (those in ``use``; the others None) that require grad."""
+    return {k: (v.detach().clone().requires_grad_(True) if k in use else None) for k, v in inputs.items()}
+
+
+def _run(fn, args, flags, dout, dlast):
+    out = fn(**args, **flags)
+    if flags.get("return_last_state"):
+        y, last = out
+        loss = (y.float() * dout.float()).sum() + (last * dlast).sum()
+    else:
+        y, last = out, None
+        loss = (y.float() * dout.float()).sum()
+    names = [k for k, v in args.items() if v is not None]
+    grads = torch.autograd.grad(loss, [args[k] for k in names])
+    return y, last, dict(zip(names, grads))
+
+
+def _compare(batch, dim, state, length, dtype, flags, use, *, time_major=False, seed=0, device=DEVICE,
+             ref_batch=None):
+    inputs = _inputs(batch, dim, state, length, dtype, seed=seed, time_major=time_major, device=device)
+    g = torch.Generator().manual_seed(seed + 1)
+    dout = torch.randn(batch, dim, length, generator=g).to(dtype).to(device)
+    dlast = torch.randn(batch, dim, state, generator=g).to(device)
+
+    mine = _leaves(inputs, use)
+    y, last, grads = _run(selective_scan_triton, mine, flags, dout, dlast)
+
+    # reference: fp32 on the same rounded inputs, a slice of the batch at a time when asked (its memory
+    # grows with batch x length x channels x states)
+    ref_in = {k: (v.float() if v is not None else None) for k, v in _leaves(inputs, use).items()}
+    ref_in = {k: (v.detach().requires_grad_(True) if v is not None else None) for k, v in ref_in.items()}
+    step = ref_batch or batch
+    ys, lasts, grads_ref = [], [], {}
+    for b0 in range(0, batch, step):
+        sl = slice(b0, b0 + step)
+        part = {k: (v[sl] if v is not None and k in ("u", "delta", "B", "C", "z") else v) for k, v in ref_in.items()}
+        out = selective_scan_ref(**part, **flags)
+        y_p, last_p = out if flags.get("return_last_state") else (out, None)
+        loss = (y_p * dout[sl].float()).sum() + ((last_p * dlast[sl]).sum() if last_p is not None else 0)
+        names = [k for k, v in ref_in.items() if v is not None]
+        for k, gr in zip(names, torch.autograd.grad(loss, [ref_in[k] for k in names])):
+            grads_ref[k] = gr if k not in grads_ref else grads_ref[k] + gr
+        ys.append(y_p.detach())
+        lasts.append(last_p.detach() if last_p is not None else None)
+        del out, y_p, last_p, loss
+    y_ref = torch.cat(ys)
+    last_ref = torch.cat(lasts) if lasts[0] is not None else None
+
+    assert y.dtype == dtype
+    _check("out", y, y_ref, dtype)
+    if last is not None:
+        assert last.dtype == torch.float32
+        _check("last_state", last, last_ref, dtype)
+    for name in GRAD_NAMES:
+        if name in grads:
+            assert grads[name].dtype == mine[name].dtype, f"grad {name} dtype"
+            _check(f"grad {name}", grads[name], grads_ref[name], dtype)
+
+
+ALL = set(GRAD_NAMES)
+FLAGS_FULL = dict(delta_softplus=True, return_last_state=True)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Short sequences: every option, every dtype, both directions
+# ------------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=["fp32", "fp16", "bf16"])
+@pytest.mark.parametrize("length", [1, 2, 7])
+def test_short_all_options(length, dtype, reverse):
+    _compare(2, 5, 16, length, dtype, dict(FLAGS_FULL, reverse=reverse), ALL)
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize("use,softplus,last", [
+    ({"u", "delta", "A", "B", "C"}, False, False),              # bare scan: no D, z, delta_bias
+    ({"u", "delta", "A", "B", "C", "D"}, True, False),          # + skip
+    ({"u", "delta", "A", "B", "C", "z"}, False, True),          # + gate, last state
+    ({"u", "delta", "A", "B", "C", "delta_bias"}, True, True),  # + bias
+], ids=["bare", "D", "z-last", "bias"])
+def test_optional_inputs(use, softplus, last, reverse):
+    _compare(1, 6, 4, 11, torch.float32,
+             dict(delta_softplus=softplus, return_last_state=last, reverse=reverse), use)
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+def test_time_major_views(reverse):
+    """Channel-contiguous views (the transposes of Linear outputs), Vim's layout, read in place."""
+    _compare(2, 6, 16, 9, torch.float32, dict(FLAGS_FULL, reverse=reverse), ALL, time_major=True)
+
+
+def test_odd_state_and_channels():
+    """State not a power of two and channels not a multiple of the tile: masked lanes."""
+    _compare(1, 7, 5, 10, torch.float32, dict(FLAGS_FULL), ALL)
+
+
+@pytest.mark.parametrize("cfg", [
+    dict(fwd=(2, 8, 2, 2, 2, 2), bwd=(4, 4, 1, 2, 4, 2, 3)),
+    dict(fwd=(4, 8, 1, 1, 2, 4), bwd=(2, 8, 2, 1, 2, 1, 4, 8), atomic_bc=True),
+    dict(fwd=(1, 16, 1, 1, 1, 4), bwd=(1, 16, 1, 1, 1, 4, 6, 2)),
+], ids=["split-lanes", "atomics", "one-step"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+def test_tile_shapes(cfg, reverse, monkeypatch):
+    """Other tile shapes: states and channels split over lanes and warps, chunks of 1-4 steps, segments
+    not dividing the length, phase-A chunks longer than the backward's chunks, dB/dC by atomics."""
+    monkeypatch.setattr(triton_scan, "_CONFIG_OVERRIDE", cfg)
+    _compare(2, 13, 16, 13, torch.float32, dict(FLAGS_FULL, reverse=reverse), ALL)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Longer sequences (kept narrow so that the interpreter stays fast)
+# ------------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_length_197(dtype, reverse):
+    _compare(1, 4, 4, 197, dtype, dict(FLAGS_FULL, reverse=reverse), ALL, time_major=reverse)
+
+
+def test_length_197_fp16():
+    _compare(1, 4, 4, 197, torch.float16, dict(delta_softplus=True), ALL)
+
+
+def test_length_730():
+    _compare(1, 2, 4, 730, torch.float32, dict(FLAGS_FULL), ALL)
+
+
+def test_length_730_reverse_values():
+    inputs = _inputs(1, 3, 4, 730, torch.float32, time_major=True)
+    with torch.no_grad():
+        y, last = selective_scan_triton(**inputs, delta_softplus=True, return_last_state=True, reverse=True)
+        y_ref, last_ref = selective_scan_ref(**inputs, delta_softplus=True, return_last_state=True, reverse=True)
+    _check("out", y, y_ref, torch.float32)
+    _check("last_state", last, last_ref, torch.float32)
+
+
+@pytest.mark.slow
+def test_length_730_reverse_grads():
+    _compare(1, 2, 4, 730, torch.float32, dict(FLAGS_FULL, reverse=True), ALL)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=["fp32", "fp16", "bf16"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+def test_length_730_wide(dtype, reverse):
+    _compare(2, 8, 16, 730, dtype, dict(FLAGS_FULL, reverse=reverse), ALL, time_major=True)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# API
+# ------------------------------------------------------------------------------------------------------------
+
+def test_no_grad_forward_matches():
+    inputs = _inputs(2, 5, 16, 9, torch.float32)
+    with torch.no_grad():
+        y = selective_scan_triton(**inputs, delta_softplus=True)
+    _check("out", y, selective_scan_ref(**inputs, delta_softplus=True), torch.float32)
+
+
+def test_other_bc_shapes_not_implemented():
+    inputs = _inputs(1, 4, 4, 5, torch.float32)
+    time_invariant = dict(inputs, B=torch.randn(4, 4, device=DEVICE), C=torch.randn(4, 4, device=DEVICE))
+    with pytest.raises(NotImplementedError, match="batch, state, length"):
+        selective_scan_triton(**time_invariant)
+    grouped = dict(inputs, B=inputs["B"][:, None], C=inputs["C"][:, None])
+    with pytest.raises(NotImplementedError):
+        selective_scan_triton(**grouped)
+    with pytest.raises(NotImplementedError, match="fp32, fp16 or bf16"):
+        selective_scan_triton(**{k: (v.double() if k in ("u", "delta") else v) for k, v in inputs.items()})
+    with pytest.raises(ValueError):
+        selective_scan_triton(**dict(inputs, delta=inputs["delta"][:, :, :-1]))
+
+
+def test_imports_without_triton():
+    """The module imports, with HAS_TRITON False, where triton is absent."""
+    import subprocess
+
+    code = ("import sys; sys.modules['triton'] = None; sys.modules['triton.language'] = None\n"
+            "from vimamba.ops.selective_scan import triton_scan as t\n"
+            "assert t.HAS_TRITON is False\n"
+            "try:\n    t.selective_scan_triton(None, None, None, None, None)\nexcept RuntimeError:\n    pass\n"
+            "else:\n    raise SystemExit('no error')\n")
+    env = dict(os.environ)
+    src = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
+    env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=120)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Full size on a GPU
+# ------------------------------------------------------------------------------------------------------------
+
+gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_full_size_gpu(dtype, reverse):
+    """Vim-Ti at 1248x1248: batch 64, 384 channels, 16 states, 6085 steps; Vim's time-major layout."""
+    _compare(64, 384, 16, 6085, dtype, dict(FLAGS_FULL, reverse=reverse), ALL, time_major=True, seed=3,
+             ref_batch=16)
+
+
+@pytest.mark.gpu
+@gpu
+def test_full_size_gpu_length_contiguous():
+    _compare(8, 384, 16, 6085, torch.bfloat16, dict(delta_softplus=True, reverse=True), ALL, seed=4, ref_batch=8)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Timing sweep (GPU): python tests/test_ops_selective_scan_triton.py --bench [--quick]
+# ------------------------------------------------------------------------------------------------------------
+
+def _bench(quick: bool = False, shapes=((64, 6085, True), (128, 197, True), (64, 6085, False)), dim=384,
+           device="cuda") -> None:  # pragma: no cover - GPU only
+    """Times the forward (no grad) and forward + backward over a few tile shapes at Vim-Ti sizes, checks
+    that every tile shape gives the same result as the first one, and prints a markdown table. GB/s counts
+    the bytes that must move (inputs read once, outputs written once); G steps/s counts (batch x channel x
+    state x step) updates, i.e. exps, against the ~4.1 T exp2/s of an H100 (shared/spec/anchors.md)."""
+    import triton
+
+    name = torch.cuda.get_device_name() if device == "cuda" else device
+    print(f"device: {name}; torch {torch.__version__}, triton {triton.__version__}")
+
+    def nbytes(ins, length, backward=False):
+        b, d, _ = ins["u"].shape
+        el, n = ins["u"].element_size(), ins["B"].shape[1]
+        fwd = b * length * (4 * d * el + 2 * n * el)  # u, delta, z read, out written; B, C read
+        # backward: u, delta, z, dout, B, C read again; du, ddelta, dz written (dB, dC: fp32 partials, not counted)
+        return fwd + (b * length * (7 * d * el + 2 * n * el) if backward else 0)
+
+    def timeit(fn):
+        return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
+
+    def rel(a, b):
+        return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+    fwd_cfgs = [(1, 16, 1, 4, 1, 32), (4, 16, 1, 4, 1, 32), (8, 16, 1, 4, 1, 32), (8, 8, 1, 4, 2, 16)]
+    bwd_cfgs = [(4, 4, 1, 4, 4, 8, 8), (2, 16, 1, 4, 1, 32, 16), (2, 8, 1, 4, 2, 16, 16)]
+    if quick:
+        fwd_cfgs, bwd_cfgs = fwd_cfgs[:2], bwd_cfgs[:1]
+    rows = []
+    for batch, length, tm in shapes:
+        if not tm and quick:
+            continue
+        ins = _inputs(batch, dim, 16, length, torch.bfloat16, time_major=tm, device=device, seed=7)
+        steps = batch * dim * 16 * length
+        layout = "time-major" if tm else "L-contig"
+        ref_y = None
+        for cfg in (fwd_cfgs if tm else fwd_cfgs[:1]):
+            triton_scan._CONFIG_OVERRIDE = {"fwd": cfg}
+            with torch.no_grad():
+                y = selective_scan_triton(**ins, delta_softplus=True)
+                ref_y = y if ref_y is None else ref_y
+                err = rel(y, ref_y)
+                ms = timeit(lambda: selective_scan_triton(**ins, delta_softplus=True))
+            rows.append(("fwd", batch, length, layout, cfg, ms, nbytes(ins, length) / ms / 1e6, steps / ms / 1e6,
+                         err))
+            print(rows[-1], flush=True)
+        dout = torch.randn_like(ins["u"])
+        ref_g = None
+        for cfg in (bwd_cfgs if tm else bwd_cfgs[:1]):
+            triton_scan._CONFIG_OVERRIDE = {"bwd": cfg}
+            leaves = {k: v.detach().requires_grad_(True) for k, v in ins.items()}
+
+            def step():
+                y = selective_scan_triton(**leaves, delta_softplus=True)
+                return torch.autograd.grad(y, list(leaves.values()), dout)
+
+            grads = step()
+            ref_g = grads if ref_g is None else ref_g
+            err = max(rel(g, r) for g, r in zip(grads, ref_g))
+            ms = timeit(step)
+            rows.append(("fwd+bwd", batch, length, layout, cfg, ms, nbytes(ins, length, True) / ms / 1e6,
+                         steps / ms / 1e6, err))
+            print(rows[-1], flush=True)
+            del leaves, grads
+        triton_scan._CONFIG_OVERRIDE = None
+        del ins, dout, ref_y, ref_g
+        if device == "cuda":
+            torch.cuda.empty_cache()
+    print("\n| pass | batch | length | layout | tile | ms | GB/s | G steps/s | rel. diff to 1st tile |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for r in rows:
+        print("| " + " | ".join(f"{x:.3g}" if isinstance(x, float) else str(x) for x in r) + " |")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    if "--bench" in sys.argv:
+        _bench(quick="--quick" in sys.argv)
