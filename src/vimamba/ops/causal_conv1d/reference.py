@@ -10,7 +10,17 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["causal_conv1d_ref"]
+__all__ = ["causal_conv1d_ref", "check_conv_inputs"]
+
+
+def check_conv_inputs(x: torch.Tensor, weight: torch.Tensor, activation: str | None) -> None:
+    """Raise a ValueError that says what was expected when the arguments do not fit together."""
+    if activation not in (None, "silu", "swish"):
+        raise ValueError(f"activation must be None, 'silu' or 'swish', got {activation!r}")
+    if x.dim() != 3 or weight.dim() != 2 or weight.shape[0] != x.shape[1]:
+        raise ValueError(
+            f"expected x (batch, dim, length) and weight (dim, width) with equal dim, "
+            f"got x {tuple(x.shape)} and weight {tuple(weight.shape)}")
 
 
 def causal_conv1d_ref(
@@ -20,12 +30,7 @@ def causal_conv1d_ref(
     activation: str | None = None,
     reverse: bool = False,
 ) -> torch.Tensor:
-    if activation not in (None, "silu", "swish"):
-        raise ValueError(f"activation must be None, 'silu' or 'swish', got {activation!r}")
-    if x.dim() != 3 or weight.dim() != 2 or weight.shape[0] != x.shape[1]:
-        raise ValueError(
-            f"expected x (batch, dim, length) and weight (dim, width) with equal dim, "
-            f"got x {tuple(x.shape)} and weight {tuple(weight.shape)}")
+    check_conv_inputs(x, weight, activation)
     if reverse:
         return causal_conv1d_ref(x.flip(-1), weight, bias, activation).flip(-1)
     dim, width = weight.shape

@@ -45,20 +45,11 @@ from typing import Optional
 
 import torch
 
-try:  # the module must import (and report HAS_TRITON = False) where triton is absent
-    import triton
-    import triton.language as tl
+from .._triton import HAS_TRITON, tl, triton
+from .reference import check_conv_inputs
+
+if HAS_TRITON:
     from triton.runtime.jit import JITFunction
-
-    HAS_TRITON = True
-except ImportError:  # pragma: no cover - exercised only without triton
-    triton = None
-    HAS_TRITON = False
-
-    class _NoTriton:  # stands in for ``tl`` so that the kernel signatures below still evaluate
-        constexpr = None
-
-    tl = _NoTriton()
 
 __all__ = ["HAS_TRITON", "causal_conv1d_triton"]
 
@@ -459,12 +450,7 @@ def causal_conv1d_triton(
 
     Same arguments and result as ``causal_conv1d_ref``; differentiable in x, weight and bias.
     """
-    if activation not in (None, "silu", "swish"):
-        raise ValueError(f"activation must be None, 'silu' or 'swish', got {activation!r}")
-    if x.dim() != 3 or weight.dim() != 2 or weight.shape[0] != x.shape[1]:
-        raise ValueError(
-            f"expected x (batch, dim, length) and weight (dim, width) with equal dim, "
-            f"got x {tuple(x.shape)} and weight {tuple(weight.shape)}")
+    check_conv_inputs(x, weight, activation)
     if not 1 <= weight.shape[1] <= 4:
         raise ValueError(f"weight must have 1 to 4 taps (width), got {weight.shape[1]}")
     if bias is not None and (bias.dim() != 1 or bias.shape[0] != x.shape[1]):

@@ -36,20 +36,10 @@ from typing import Optional, Tuple
 
 import torch
 
-try:  # the module must import (and report HAS_TRITON = False) where triton is absent
-    import triton
-    import triton.language as tl
+from .._triton import HAS_TRITON, tl, triton
+
+if HAS_TRITON:
     from triton.runtime.jit import JITFunction
-
-    HAS_TRITON = True
-except ImportError:  # pragma: no cover - exercised only without triton
-    triton = None
-    HAS_TRITON = False
-
-    class _NoTriton:  # stands in for ``tl`` so that the kernel signatures below still evaluate
-        constexpr = None
-
-    tl = _NoTriton()
 
 __all__ = ["HAS_TRITON", "add_rms_norm_triton"]
 

@@ -64,19 +64,7 @@ import torch
 
 from .reference import check_scan_inputs
 
-try:  # the module must import (and report HAS_TRITON = False) where triton is absent
-    import triton
-    import triton.language as tl
-
-    HAS_TRITON = True
-except ImportError:  # pragma: no cover - exercised only without triton
-    triton = None
-    HAS_TRITON = False
-
-    class _NoTriton:  # stands in for ``tl`` so that the kernel signatures below still evaluate
-        constexpr = None
-
-    tl = _NoTriton()
+from .._triton import HAS_TRITON, tl, triton
 
 __all__ = ["HAS_TRITON", "selective_scan_triton"]
 
