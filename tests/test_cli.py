@@ -18,28 +18,11 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import vimamba
 from vimamba.cli.flops import arch_of_model, arch_of_variant, count_flops, count_params
+from cli_helpers import assert_one_line_error, run_cli
 from vimamba.cli.main import main
 
 TINY = "vim_tiny_patch16_224"
 SMALL_KWARGS = ["--model-kwargs", "depth=2"]
-
-
-def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_one_line_error(code: int, err: str, command: str, *fragments: str) -> str:
-    """Exit status 2 and a single `vimamba <command>: error: ...` line that contains every fragment."""
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith(f"vimamba {command}: error: "), err
-    assert "Traceback" not in err
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
-    return lines[0]
 
 
 def write_image(path: Path, seed: int = 0, size=(320, 240)) -> Path:

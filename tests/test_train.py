@@ -11,29 +11,13 @@ import torch
 import yaml
 from PIL import Image
 
+from cli_helpers import assert_one_line_error, run_cli
 from vimamba.cli.main import main
 from vimamba.train import trainer as trainer_module
 from vimamba.train.config import PRESETS, ConfigError, resolve_config
 from vimamba.train.optim import build_optimizer
 
 TINY_MODEL = ["--model-kwargs", "embed_dim=32", "depth=1", "patch_size=8", "stride=8", "--img-size", "16"]
-
-
-def run_cli(capsys, *argv) -> tuple[int, str, str]:
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_one_line_error(code: int, err: str, command: str, *fragments: str) -> str:
-    assert code == 2, err
-    lines = [line for line in err.strip().splitlines() if not line.startswith("warning:")]
-    assert len(lines) == 1, err
-    assert lines[0].startswith(f"vimamba {command}: error: "), err
-    assert "Traceback" not in err
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
-    return lines[0]
 
 
 def make_folder_data(root: Path, classes=("bottom", "top"), per_class=(12, 4), size=16, seed=0) -> Path:
