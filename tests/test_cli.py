@@ -19,7 +19,6 @@ from torch.utils.flop_counter import FlopCounterMode
 import vimamba
 from vimamba.cli.flops import arch_of_model, arch_of_variant, count_flops, count_params
 from cli_helpers import assert_one_line_error, run_cli
-from vimamba.cli.main import main
 
 TINY = "vim_tiny_patch16_224"
 SMALL_KWARGS = ["--model-kwargs", "depth=2"]

@@ -34,7 +34,6 @@ def _branch(x, z, sd, prefix, suffix, rank, state):
 def spec_forward(state_dict, images, stride=16, patch=16):
     sd = {k: v.double() for k, v in state_dict.items()}
     x = images.double()
-    dim = sd["patch_embed.proj.weight"].shape[0]
     depth = sum(1 for k in sd if k.endswith(".norm.weight") and k.startswith("layers."))
     state = sd["layers.0.mixer.A_log"].shape[1]
     rank = sd["layers.0.mixer.dt_proj.weight"].shape[1]
