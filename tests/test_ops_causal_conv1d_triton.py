@@ -22,6 +22,8 @@ import os
 
 import torch
 
+from triton_helpers import compile_for_sm90
+
 if not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"  # before the first kernel launch
 
@@ -221,32 +223,6 @@ def test_autotuned(reverse):
 # entry points (ASTSource, GPUTarget), which are less stable than the language: skipped if they changed.
 # --------------------------------------------------------------------------------------------------------
 
-def _compile_for_sm90(fn, types, constexprs, aligned, num_warps=4):
-    """PTX of ``fn`` for sm_90 with the given argument types (default i32), constexprs, and the arguments
-    the launcher would mark 16-divisible (aligned pointers, strides and sizes that are multiples of 16)."""
-    try:
-        import triton
-        from triton.backends.compiler import GPUTarget
-        from triton.compiler import ASTSource
-        from triton.runtime.jit import JITFunction
-    except ImportError as exc:  # pragma: no cover
-        pytest.skip(f"Triton's compiler entry points moved: {exc}")
-    import triton.language as tl
-
-    if not isinstance(tl.standard._sum_combine, JITFunction):
-        pytest.skip("triton was imported with TRITON_INTERPRET=1: its own @jit helpers are interpreter-only "
-                    "in this process (run this test where triton is imported first, or on a GPU machine)")
-    jf = JITFunction(fn)
-    signature = {n: "constexpr" if n in constexprs else types.get(n, "i32") for n in jf.arg_names}
-    attrs = {(jf.arg_names.index(n),): [["tt.divisibility", 16]] for n in aligned}
-    try:
-        source = ASTSource(jf, signature, constexprs, attrs)
-        target = GPUTarget("cuda", 90, 32)
-    except TypeError as exc:  # pragma: no cover
-        pytest.skip(f"Triton's compiler entry points changed: {exc}")
-    return triton.compile(source, target=target, options={"num_warps": num_warps}).asm["ptx"]
-
-
 @pytest.mark.parametrize("l_contig", [True, False], ids=["length-contiguous", "channel-contiguous"])
 def test_compiles_for_hopper(l_contig):
     """Both kernels build for sm_90, with vector accesses where the sizes allow them (length a multiple of
@@ -261,13 +237,13 @@ def test_compiles_for_hopper(l_contig):
     unit = {"stride_xl": 1} if l_contig else {"stride_xd": 1}
     sized = ["L", "stride_xb", "stride_xd"] if l_contig else ["D", "L", "stride_xb", "stride_xl"]
     bd, bl, _ = mod._tiles_fwd(l_contig)[0]
-    ptx = _compile_for_sm90(
+    ptx = compile_for_sm90(
         mod._conv1d_fwd_kernel,
         {"x_ptr": "*bf16", "w_ptr": "*fp32", "b_ptr": "*fp32", "out_ptr": "*bf16"},
         dict(flags, BLOCK_D=bd, BLOCK_L=bl, stride_ol=1, **unit),
         ["x_ptr", "w_ptr", "b_ptr", "out_ptr", "stride_ob", "stride_od"] + sized)
     assert re.search(r"ld\.global[.\w]*\.v4", ptx) and re.search(r"st\.global[.\w]*\.v4", ptx), "not vectorised"
-    ptx = _compile_for_sm90(
+    ptx = compile_for_sm90(
         mod._conv1d_bwd_kernel,
         {"x_ptr": "*bf16", "w_ptr": "*fp32", "b_ptr": "*fp32", "dout_ptr": "*bf16", "dx_ptr": "*bf16",
          "dw_part_ptr": "*fp32", "db_part_ptr": "*fp32"},

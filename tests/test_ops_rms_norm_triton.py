@@ -22,6 +22,8 @@ import os
 
 import torch
 
+from triton_helpers import compile_for_sm90
+
 if not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"  # before the first kernel launch
 
@@ -241,32 +243,6 @@ def test_autotuned(residual_in_fp32):
 # entry points (ASTSource, GPUTarget), which are less stable than the language: skipped if they changed.
 # --------------------------------------------------------------------------------------------------------
 
-def _compile_for_sm90(fn, types, constexprs, aligned, num_warps=4):
-    """PTX of ``fn`` for sm_90 with the given argument types (default i32), constexprs, and the arguments
-    the launcher would mark 16-divisible (aligned pointers, strides and sizes that are multiples of 16)."""
-    try:
-        import triton
-        from triton.backends.compiler import GPUTarget
-        from triton.compiler import ASTSource
-        from triton.runtime.jit import JITFunction
-    except ImportError as exc:  # pragma: no cover
-        pytest.skip(f"Triton's compiler entry points moved: {exc}")
-    import triton.language as tl
-
-    if not isinstance(tl.standard._sum_combine, JITFunction):
-        pytest.skip("triton was imported with TRITON_INTERPRET=1: its own @jit helpers are interpreter-only "
-                    "in this process (run this test where triton is imported first, or on a GPU machine)")
-    jf = JITFunction(fn)
-    signature = {n: "constexpr" if n in constexprs else types.get(n, "i32") for n in jf.arg_names}
-    attrs = {(jf.arg_names.index(n),): [["tt.divisibility", 16]] for n in aligned}
-    try:
-        source = ASTSource(jf, signature, constexprs, attrs)
-        target = GPUTarget("cuda", 90, 32)
-    except TypeError as exc:  # pragma: no cover
-        pytest.skip(f"Triton's compiler entry points changed: {exc}")
-    return triton.compile(source, target=target, options={"num_warps": num_warps}).asm["ptx"]
-
-
 @pytest.mark.parametrize("res_dtype,residual_in_fp32", [("fp32", True), ("bf16", False)])
 def test_compiles_for_hopper(res_dtype, residual_in_fp32):
     import re
@@ -274,7 +250,7 @@ def test_compiles_for_hopper(res_dtype, residual_in_fp32):
     from vimamba.ops.rms_norm import triton_rms_norm as mod
 
     block_h = mod._block_h(HIDDEN)
-    ptx = _compile_for_sm90(
+    ptx = compile_for_sm90(
         mod._add_rms_norm_fwd_kernel,
         {"x_ptr": "*bf16", "r_ptr": f"*{res_dtype}", "w_ptr": "*fp32", "y_ptr": "*bf16", "s_ptr": f"*{res_dtype}",
          "eps": "fp32"},
@@ -282,7 +258,7 @@ def test_compiles_for_hopper(res_dtype, residual_in_fp32):
              BLOCK_H=block_h, stride_xh=1, stride_rh=1),
         ["x_ptr", "r_ptr", "w_ptr", "y_ptr", "s_ptr", "H", "stride_xm", "stride_rm", "stride_ym", "stride_sm"])
     assert re.search(r"ld\.global[.\w]*\.v4", ptx) and re.search(r"st\.global[.\w]*\.v4", ptx), "not vectorised"
-    ptx = _compile_for_sm90(
+    ptx = compile_for_sm90(
         mod._add_rms_norm_bwd_kernel,
         {"s_ptr": f"*{res_dtype}", "w_ptr": "*fp32", "gy_ptr": "*bf16", "gs_ptr": f"*{res_dtype}",
          "dx_ptr": "*bf16", "dr_ptr": f"*{res_dtype}", "dw_part_ptr": "*fp32", "eps": "fp32"},
