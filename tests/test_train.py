@@ -149,6 +149,12 @@ def test_one_short_digits_epoch_learns_and_writes_the_run(tmp_path, capsys):
     assert (out / "metrics.csv").read_text().startswith("epoch,")
     assert (out / "learning_curves.png").read_bytes()[:4] == b"\x89PNG"
     assert "validation top-1" in stdout
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    val_top1 = events.Scalars("val_top1")
+    assert [(e.step, round(e.value, 6)) for e in val_top1] == [(1, round(summary["val_top1"], 6))]
     # eval reads the training checkpoint's settings and gives the same accuracy
     code, stdout, err = run_cli(capsys, "eval", "--data", "digits", "--checkpoint", out / "last.pth", "--json",
                                 "--no-progress", "-j", "0")

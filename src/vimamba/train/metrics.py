@@ -1,4 +1,5 @@
-"""Per-epoch metrics as CSV and JSON lines (rewritten whole each epoch), and the learning-curve plot."""
+"""Per-epoch metrics as CSV and JSON lines (rewritten whole each epoch), TensorBoard scalars when
+TensorBoard is installed (the ``tensorboard`` extra), and the learning-curve plot."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["write_metrics", "plot_curves"]
+__all__ = ["write_metrics", "write_tensorboard", "plot_curves"]
 
 
 def _replace_text(path: Path, text: str) -> None:
@@ -31,6 +32,21 @@ def write_metrics(rows: list[dict[str, Any]], folder: Path) -> None:
     writer.writerows(rows)
     _replace_text(folder / "metrics.csv", buf.getvalue())
     _replace_text(folder / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def write_tensorboard(row: dict[str, Any], folder: Path) -> bool:
+    """Add one epoch's numeric metrics under ``folder/tensorboard`` (step = epoch); False when TensorBoard
+    is not installed. One event file per call: TensorBoard merges a folder's files, and a resumed run only
+    adds the epochs it runs."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return False
+    with SummaryWriter(log_dir=str(folder / "tensorboard")) as writer:
+        for key, value in row.items():
+            if key != "epoch" and isinstance(value, (int, float)) and not isinstance(value, bool):
+                writer.add_scalar(key, value, global_step=int(row["epoch"]))
+    return True
 
 
 def plot_curves(rows: list[dict[str, Any]], path: Path) -> None:

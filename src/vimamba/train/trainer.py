@@ -29,7 +29,7 @@ from ..models import CheckpointError
 from . import checkpoint as ckpt
 from .config import TrainConfig
 from .distributed import DistInfo, all_reduce_sum, barrier, broadcast_object, cleanup, gather_objects, init_distributed
-from .metrics import plot_curves, write_metrics
+from .metrics import plot_curves, write_metrics, write_tensorboard
 from .optim import build_optimizer, build_scheduler
 
 __all__ = ["TrainingError", "train", "run_folder_holds_run", "default_output", "evaluate", "build_eval_transform"]
@@ -445,6 +445,7 @@ def _train(config: TrainConfig, output, resume, force: bool, progress: bool, inf
                 os.replace(tmp, folder / ckpt.BEST)
                 ckpt.atomic_save_safetensors(model.state_dict(), folder / "best.safetensors")
             write_metrics(history, folder)
+            write_tensorboard(row, folder)
             plot_curves(history, folder / "learning_curves.png")
             ema_text = f", EMA top-1 {100 * row['ema_val_top1']:.2f}%" if ema is not None else ""
             skipped_text = f", {row['skipped_steps']} steps skipped" if row["skipped_steps"] else ""
