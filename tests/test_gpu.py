@@ -65,3 +65,44 @@ def test_whole_model_autocast_close_to_fp32(dtype, monkeypatch):
         with torch.autocast("cuda", dtype=dtype):
             got = model(images)
     assert _relative_error(got, want) < 5e-2
+
+
+def _vim_tiny_cuda(monkeypatch):
+    import timm
+
+    import vimamba  # noqa: F401
+
+    monkeypatch.setenv("VIMAMBA_BACKEND", "triton")
+    torch.manual_seed(0)
+    return timm.create_model("vim_tiny_patch16_224").cuda().eval()
+
+
+def test_whole_model_cuda_graph_replay(monkeypatch):
+    model = _vim_tiny_cuda(monkeypatch)
+    static = torch.randn(8, 3, 224, 224, device="cuda")
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # first calls compile the kernels outside the capture
+            for _ in range(2):
+                model(static)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            captured = model(static)
+        fresh = torch.randn_like(static)
+        static.copy_(fresh)
+        graph.replay()
+        torch.cuda.synchronize()
+        want = model(fresh)
+    assert _relative_error(captured, want) < 1e-3
+
+
+def test_whole_model_torch_compile(monkeypatch):
+    model = _vim_tiny_cuda(monkeypatch)
+    images = torch.randn(8, 3, 224, 224, device="cuda")
+    compiled = torch.compile(model, fullgraph=True)
+    with torch.no_grad():
+        want = model(images)
+        got = compiled(images)
+    assert _relative_error(got, want) < 1e-4
