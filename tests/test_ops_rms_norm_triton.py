@@ -18,46 +18,17 @@ The tolerance of a case (TOL below) is that of the least precise dtype among x, 
   ulp, 2^-7 relative, where the GPU rounds to nearest; a half-precision stream is rounded twice).
 """
 
-import os
 
+import pytest
 import torch
+from triton_helpers import (  # noqa: F401 - heuristic_configs is an autouse fixture
+    DEVICE, DTYPES, LENGTHS, TOL, compile_for_sm90, heuristic_configs, rel_err)
 
-from triton_helpers import compile_for_sm90
-
-if not torch.cuda.is_available():
-    os.environ["TRITON_INTERPRET"] = "1"  # before the first kernel launch
-
-import pytest  # noqa: E402
-
-from vimamba.ops.rms_norm.reference import add_rms_norm_ref  # noqa: E402
-from vimamba.ops.rms_norm.triton_rms_norm import HAS_TRITON, add_rms_norm_triton  # noqa: E402
+from vimamba.ops.rms_norm.reference import add_rms_norm_ref
+from vimamba.ops.rms_norm.triton_rms_norm import HAS_TRITON, add_rms_norm_triton
 
 pytestmark = pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
-
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-INTERPRETED = DEVICE == "cpu" or os.environ.get("TRITON_INTERPRET") == "1"
-TOL = {
-    torch.float32: 1e-5,
-    torch.float16: 1e-2,
-    torch.bfloat16: 2e-2 if INTERPRETED else 1e-2,
-}
-LENGTHS = [1, 2, 7, 197, 730]
-DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 HIDDEN = 192  # Vim-tiny
-
-
-@pytest.fixture(autouse=True)
-def _heuristic_configs(request, monkeypatch):
-    """On a GPU, tests use each kernel's heuristic config (autotuning their many variants would take minutes);
-    test_autotuned runs the autotuner. No effect in the interpreter, which never autotunes."""
-    if not request.node.name.startswith("test_autotuned"):
-        monkeypatch.setenv("VIMAMBA_TRITON_AUTOTUNE", "0")
-
-
-def rel_err(got: torch.Tensor, expected: torch.Tensor) -> float:
-    got, expected = got.detach().cpu().double(), expected.detach().cpu().double()
-    assert got.shape == expected.shape
-    return ((got - expected).abs().max() / expected.abs().max().clamp_min(1e-12)).item()
 
 
 def make(shape, dtype, layout, gen):

@@ -1,6 +1,38 @@
-"""Compiling a kernel for Hopper without a GPU, for the kernel test files (registers, spills, vector widths)."""
+"""What the conv and norm kernel test files share: device, per-dtype tolerances, the error measure, the
+heuristic-config fixture, and compiling a kernel for Hopper without a GPU (registers, spills, vector widths).
+
+conftest.py switches Triton's interpreter on before anything imports triton when there is no GPU.
+"""
+
+import os
 
 import pytest
+import torch
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+INTERPRETED = DEVICE == "cpu" or os.environ.get("TRITON_INTERPRET") == "1"
+# The interpreter truncates fp32 -> bf16 where the GPU rounds to nearest, hence the wider bf16 bound there.
+TOL = {
+    torch.float32: 1e-5,
+    torch.float16: 1e-2,
+    torch.bfloat16: 2e-2 if INTERPRETED else 1e-2,
+}
+LENGTHS = [1, 2, 7, 197, 730]
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+
+
+@pytest.fixture(autouse=True)
+def heuristic_configs(request, monkeypatch):
+    """On a GPU, tests use each kernel's heuristic config (autotuning their many variants would take minutes);
+    test_autotuned runs the autotuner. No effect in the interpreter, which never autotunes."""
+    if not request.node.name.startswith("test_autotuned"):
+        monkeypatch.setenv("VIMAMBA_TRITON_AUTOTUNE", "0")
+
+
+def rel_err(got: torch.Tensor, expected: torch.Tensor) -> float:
+    got, expected = got.detach().cpu().double(), expected.detach().cpu().double()
+    assert got.shape == expected.shape
+    return ((got - expected).abs().max() / expected.abs().max().clamp_min(1e-12)).item()
 
 
 def compile_for_sm90(fn, types, constexprs, aligned, num_warps=4):
