@@ -32,12 +32,8 @@ where sizes and alignment allow, and the tile shape is picked for that case. Loa
 contiguous length dimension, and the stores of length-contiguous rows when the length is not a multiple of
 the vector (Vim's 197), stay scalar but coalesced across the warp. Widths 1 to 4.
 
-Kernels are turned into Triton functions on first use, not at import: whether they run compiled (CUDA) or in
-Triton's interpreter (CPU tensors, ``TRITON_INTERPRET=1``) is decided by the environment at that moment, so
-setting the variable after this module was imported still works. For the same reason the kernel bodies call
-only builtins of ``triton.language`` (``tl.full``, ``tl.reduce`` with ``tl.standard._sum_combine``, ``tl.exp``),
-never ``tl.sum`` / ``tl.sigmoid`` / ``tl.zeros`` / ``tl.cdiv``: those are themselves ``@jit`` functions, fixed
-as compiled or interpreted when triton is imported, and the interpreter refuses the compiled ones.
+Kernels are turned into Triton functions on first use, not at import, and their bodies call only
+``triton.language`` builtins: ``ops/_triton.py`` says why.
 """
 
 import os
@@ -45,7 +41,7 @@ from typing import Optional
 
 import torch
 
-from .._triton import HAS_TRITON, tl, triton
+from .._triton import HAS_TRITON, autotune_enabled, num_sms, tl, triton
 from .reference import check_conv_inputs
 
 if HAS_TRITON:
@@ -269,11 +265,6 @@ _INTERP_TILES = {True: (8, 256), False: (64, 256)}  # l_contig -> (BLOCK_D, BLOC
 _KERNELS = {}
 
 
-def _autotune_enabled() -> bool:
-    """``VIMAMBA_TRITON_AUTOTUNE=0`` skips autotuning: the first (heuristic) config of each list is used."""
-    return os.environ.get("VIMAMBA_TRITON_AUTOTUNE", "1").strip() != "0"
-
-
 def _get_kernel(name: str, l_contig: bool):
     """(kernel, interpreted, autotuned) for the current mode.
 
@@ -281,7 +272,7 @@ def _get_kernel(name: str, l_contig: bool):
     here over a few tiles unless VIMAMBA_TRITON_AUTOTUNE=0) and one for the interpreter (run with the fixed
     _INTERP_TILES); one of each is kept per setting of the two variables.
     """
-    tune = _autotune_enabled()
+    tune = autotune_enabled()
     key = (name, l_contig, os.environ.get("TRITON_INTERPRET", ""), tune)
     entry = _KERNELS.get(key)
     if entry is None:
@@ -341,7 +332,7 @@ def _length_chunks(n_lblocks: int, batch: int, dim: int, l_contig: bool, device,
     if interp:
         return 2  # exercises the loop over tiles
     n_dblocks = triton.cdiv(dim, _tiles_bwd_d(l_contig)[0][0])
-    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
+    sms = num_sms(device)
     chunks = min(n_lblocks, max(1, triton.cdiv(4 * sms, batch * n_dblocks)))
     return triton.cdiv(n_lblocks, chunks)
 

@@ -23,12 +23,8 @@ re-reading the stream (rstd is recomputed, the row is in registers anyway). The 
 per program (a persistent grid striding over row blocks) into an fp32 partial row, then over programs with
 torch. All arithmetic is in fp32 (fp64 inputs are therefore computed in fp32 too).
 
-Kernels are turned into Triton functions on first use, not at import: whether they run compiled (CUDA) or in
-Triton's interpreter (CPU tensors, ``TRITON_INTERPRET=1``) is decided by the environment at that moment, so
-setting the variable after this module was imported still works. For the same reason the kernel bodies call
-only builtins of ``triton.language`` (``tl.full``, ``tl.reduce`` with ``tl.standard._sum_combine``, ``tl.exp``),
-never ``tl.sum`` / ``tl.sigmoid`` / ``tl.zeros`` / ``tl.cdiv``: those are themselves ``@jit`` functions, fixed
-as compiled or interpreted when triton is imported, and the interpreter refuses the compiled ones.
+Kernels are turned into Triton functions on first use, not at import, and their bodies call only
+``triton.language`` builtins: ``ops/_triton.py`` says why.
 """
 
 import os
@@ -36,7 +32,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from .._triton import HAS_TRITON, tl, triton
+from .._triton import HAS_TRITON, autotune_enabled, num_sms, tl, triton
 
 if HAS_TRITON:
     from triton.runtime.jit import JITFunction
@@ -164,11 +160,6 @@ def _interp_block_m(block_h: int) -> int:
 _KERNELS = {}
 
 
-def _autotune_enabled() -> bool:
-    """``VIMAMBA_TRITON_AUTOTUNE=0`` skips autotuning: the first (heuristic) config of each list is used."""
-    return os.environ.get("VIMAMBA_TRITON_AUTOTUNE", "1").strip() != "0"
-
-
 def _get_kernel(name: str, block_h: int):
     """(kernel, interpreted, autotuned) for the current mode.
 
@@ -176,7 +167,7 @@ def _get_kernel(name: str, block_h: int):
     here over a few configs unless VIMAMBA_TRITON_AUTOTUNE=0) and one for the interpreter; one of each is
     kept per setting of the two variables.
     """
-    tune = _autotune_enabled()
+    tune = autotune_enabled()
     key = (name, block_h, os.environ.get("TRITON_INTERPRET", ""), tune)
     entry = _KERNELS.get(key)
     if entry is None:
@@ -192,12 +183,6 @@ def _get_kernel(name: str, block_h: int):
                 fn = triton.autotune(configs=configs, key=["n_rows", "H", "HAS_GY", "HAS_GS"])(fn)
         entry = _KERNELS[key] = (fn, interp, tuned)
     return entry
-
-
-def _num_sms(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
-    return 4
 
 
 def _as_rows(t: torch.Tensor, hidden: int) -> torch.Tensor:
@@ -258,7 +243,7 @@ def _launch_bwd(s, weight, gy, gs, eps, x_dtype, r_dtype, want_dx, want_dr, want
     kern, interp, tuned = _get_kernel("bwd", block_h)
     block_m = _interp_block_m(block_h) if interp else _bwd_block_m(block_h)
     extra = {} if interp or tuned else {"num_warps": _bwd_warps(block_h)[0]}
-    n_progs = max(1, min(triton.cdiv(n_rows, block_m), 4 * _num_sms(s.device)))
+    n_progs = max(1, min(triton.cdiv(n_rows, block_m), 4 * num_sms(s.device)))
     dw_part = torch.empty((n_progs, hidden), device=s.device, dtype=torch.float32) if want_dw else None
     dummy = s2
     kern[(n_progs,)](

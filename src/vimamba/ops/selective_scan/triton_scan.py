@@ -410,10 +410,8 @@ def _scan_bwd_kernel(
             t0 = seg * (T * K) + k * T
             if PAD:
                 m_t = (t0 + it) < L
-                m_dt = m_d & m_t
             else:
                 m_t = it >= 0
-                m_dt = m_d
             u = u_n.to(tl.float32)
             dt_raw = dt_n.to(tl.float32)
             g = g_n.to(tl.float32)
