@@ -257,3 +257,25 @@ def test_bad_input_images():
     dyn = small(dynamic_img_size=True)
     with pytest.raises(ValueError, match="smaller than one 16x16 patch"):
         dyn(torch.randn(1, 3, 8, 224))
+
+
+@pytest.mark.parametrize("size", [(32, 48), (37, 50)], ids=["even", "cropped"])
+def test_patch_embed_matmul_path_equals_conv(size):
+    """The GEMM over unfolded patches (taken on CUDA for stride == patch) is the strided conv, remainder
+    pixels dropped as the conv drops them; overlapping patches are refused."""
+    from vimamba.layers import StridedPatchEmbed
+
+    torch.manual_seed(0)
+    embed = StridedPatchEmbed(img_size=size, patch_size=16, embed_dim=24, strict_img_size=False)
+    x = torch.randn(2, 3, *size)
+    want = embed.proj(x).flatten(2).transpose(1, 2)
+    got = embed.embed_as_matmul(x)
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got_bf16 = embed.embed_as_matmul(x)
+    assert got_bf16.dtype == torch.bfloat16
+    assert ((got_bf16.float() - want).norm() / want.norm()).item() < 1e-2
+    overlapping = StridedPatchEmbed(img_size=32, patch_size=16, stride=8, embed_dim=24)
+    with pytest.raises(ValueError, match="overlap"):
+        overlapping.embed_as_matmul(x)

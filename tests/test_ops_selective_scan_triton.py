@@ -12,7 +12,7 @@ reference value): the reference runs in fp32 on the same (rounded) inputs, so
 Values and the gradients of every input (u, delta, A, B, C, D, z, delta_bias) are checked, and the gradient
 through the returned last state when it is returned.
 
-Run the timing sweep on a GPU with ``PYTHONPATH=src python tests/test_ops_selective_scan_triton.py --bench``.
+The timing sweep over tile shapes is ``benchmarks/scan_sweep.py`` (GPU).
 """
 
 from __future__ import annotations
@@ -184,11 +184,13 @@ def test_odd_state_and_channels():
     dict(fwd=(2, 8, 2, 2, 2, 2), bwd=(4, 4, 1, 2, 4, 2, 3)),
     dict(fwd=(4, 8, 1, 1, 2, 4), bwd=(2, 8, 2, 1, 2, 1, 4, 8), atomic_bc=True),
     dict(fwd=(1, 16, 1, 1, 1, 4), bwd=(1, 16, 1, 1, 1, 4, 6, 2)),
-], ids=["split-lanes", "atomics", "one-step"])
+    dict(fwd=(2, 4, 1, 1, 4, 2, 2), bwd=(1, 4, 1, 1, 4, 2, 8)),
+], ids=["split-lanes", "atomics", "one-step", "two-ahead"])
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
 def test_tile_shapes(cfg, reverse, monkeypatch):
     """Other tile shapes: states and channels split over lanes and warps, chunks of 1-4 steps, segments
-    not dividing the length, phase-A chunks longer than the backward's chunks, dB/dC by atomics."""
+    not dividing the length, phase-A chunks longer than the backward's chunks, dB/dC by atomics, inputs
+    loaded two chunks ahead."""
     monkeypatch.setattr(triton_scan, "_CONFIG_OVERRIDE", cfg)
     _compare(2, 13, 16, 13, torch.float32, dict(FLAGS_FULL, reverse=reverse), ALL)
 
@@ -293,86 +295,3 @@ def test_full_size_gpu(dtype, reverse):
 @gpu
 def test_full_size_gpu_length_contiguous():
     _compare(8, 384, 16, 6085, torch.bfloat16, dict(delta_softplus=True, reverse=True), ALL, seed=4, ref_batch=8)
-
-
-# ------------------------------------------------------------------------------------------------------------
-# Timing sweep (GPU): python tests/test_ops_selective_scan_triton.py --bench [--quick]
-# ------------------------------------------------------------------------------------------------------------
-
-def _bench(quick: bool = False, shapes=((64, 6085, True), (128, 197, True), (64, 6085, False)), dim=384,
-           device="cuda") -> None:  # pragma: no cover - GPU only
-    """Times the forward (no grad) and forward + backward over a few tile shapes at Vim-Ti sizes, checks
-    that every tile shape gives the same result as the first one, and prints a markdown table. GB/s counts
-    the bytes that must move (inputs read once, outputs written once); G steps/s counts (batch x channel x
-    state x step) updates, i.e. exps, against the ~4.1 T exp2/s of an H100 (shared/spec/anchors.md)."""
-    import triton
-
-    name = torch.cuda.get_device_name() if device == "cuda" else device
-    print(f"device: {name}; torch {torch.__version__}, triton {triton.__version__}")
-
-    def nbytes(ins, length, backward=False):
-        b, d, _ = ins["u"].shape
-        el, n = ins["u"].element_size(), ins["B"].shape[1]
-        fwd = b * length * (4 * d * el + 2 * n * el)  # u, delta, z read, out written; B, C read
-        # backward: u, delta, z, dout, B, C read again; du, ddelta, dz written (dB, dC: fp32 partials, not counted)
-        return fwd + (b * length * (7 * d * el + 2 * n * el) if backward else 0)
-
-    def timeit(fn):
-        return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
-
-    def rel(a, b):
-        return ((a.float() - b.float()).norm() / b.float().norm()).item()
-
-    fwd_cfgs = [(1, 16, 1, 4, 1, 32), (4, 16, 1, 4, 1, 32), (8, 16, 1, 4, 1, 32), (8, 8, 1, 4, 2, 16)]
-    bwd_cfgs = [(4, 4, 1, 4, 4, 8, 8), (2, 16, 1, 4, 1, 32, 16), (2, 8, 1, 4, 2, 16, 16)]
-    if quick:
-        fwd_cfgs, bwd_cfgs = fwd_cfgs[:2], bwd_cfgs[:1]
-    rows = []
-    for batch, length, tm in shapes:
-        if not tm and quick:
-            continue
-        ins = _inputs(batch, dim, 16, length, torch.bfloat16, time_major=tm, device=device, seed=7)
-        steps = batch * dim * 16 * length
-        layout = "time-major" if tm else "L-contig"
-        ref_y = None
-        for cfg in (fwd_cfgs if tm else fwd_cfgs[:1]):
-            triton_scan._CONFIG_OVERRIDE = {"fwd": cfg}
-            with torch.no_grad():
-                y = selective_scan_triton(**ins, delta_softplus=True)
-                ref_y = y if ref_y is None else ref_y
-                err = rel(y, ref_y)
-                ms = timeit(lambda: selective_scan_triton(**ins, delta_softplus=True))
-            rows.append(("fwd", batch, length, layout, cfg, ms, nbytes(ins, length) / ms / 1e6, steps / ms / 1e6,
-                         err))
-            print(rows[-1], flush=True)
-        dout = torch.randn_like(ins["u"])
-        ref_g = None
-        for cfg in (bwd_cfgs if tm else bwd_cfgs[:1]):
-            triton_scan._CONFIG_OVERRIDE = {"bwd": cfg}
-            leaves = {k: v.detach().requires_grad_(True) for k, v in ins.items()}
-
-            def step():
-                y = selective_scan_triton(**leaves, delta_softplus=True)
-                return torch.autograd.grad(y, list(leaves.values()), dout)
-
-            grads = step()
-            ref_g = grads if ref_g is None else ref_g
-            err = max(rel(g, r) for g, r in zip(grads, ref_g))
-            ms = timeit(step)
-            rows.append(("fwd+bwd", batch, length, layout, cfg, ms, nbytes(ins, length, True) / ms / 1e6,
-                         steps / ms / 1e6, err))
-            print(rows[-1], flush=True)
-            del leaves, grads
-        triton_scan._CONFIG_OVERRIDE = None
-        del ins, dout, ref_y, ref_g
-        if device == "cuda":
-            torch.cuda.empty_cache()
-    print("\n| pass | batch | length | layout | tile | ms | GB/s | G steps/s | rel. diff to 1st tile |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    for r in rows:
-        print("| " + " | ".join(f"{x:.3g}" if isinstance(x, float) else str(x) for x in r) + " |")
-
-
-if __name__ == "__main__":  # pragma: no cover
-    if "--bench" in sys.argv:
-        _bench(quick="--quick" in sys.argv)

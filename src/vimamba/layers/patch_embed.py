@@ -7,6 +7,7 @@ every 8 pixels, so the grid is ``(size - patch) // stride + 1`` per side.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from timm.layers import to_2tuple
 
@@ -53,4 +54,24 @@ class StridedPatchEmbed(nn.Module):
         if height < self.patch_size[0] or width < self.patch_size[1]:
             raise ValueError(
                 f"input images are {height}x{width}, smaller than one {self.patch_size[0]}x{self.patch_size[1]} patch")
+        if x.is_cuda and self.stride == self.patch_size:
+            return self.embed_as_matmul(x)
         return self.proj(x).flatten(2).transpose(1, 2)
+
+    def embed_as_matmul(self, x: torch.Tensor) -> torch.Tensor:
+        """The projection of non-overlapping patches as one matrix product over the unfolded patches.
+
+        The same function as the strided conv (sums in another order). Why: for a 16x16 / stride-16 bf16 conv
+        on NCHW images cuDNN picks an implicit-GEMM kernel that took 6.2 ms for Vim-Ti at 1248x1248, batch 64,
+        on an H100: more than all four linear layers of a block. Unfolding (one copy, in the autocast dtype)
+        and a GEMM move the same bytes once.
+        """
+        if self.stride != self.patch_size:
+            raise ValueError(f"patches overlap (patch {self.patch_size}, stride {self.stride}): use the conv")
+        batch, chans, height, width = x.shape
+        (ph, pw), (gh, gw) = self.patch_size, self.dynamic_feat_size((height, width))
+        if torch.is_autocast_enabled(x.device.type):
+            x = x.to(torch.get_autocast_dtype(x.device.type))
+        patches = x[:, :, : gh * ph, : gw * pw].reshape(batch, chans, gh, ph, gw, pw)
+        patches = patches.permute(0, 2, 4, 1, 3, 5).reshape(batch, gh * gw, chans * ph * pw)
+        return F.linear(patches, self.proj.weight.reshape(self.proj.out_channels, -1), self.proj.bias)

@@ -57,6 +57,7 @@ setting the variable after triton was imported works. They use only long-standin
 
 from __future__ import annotations
 
+import math
 import os
 from typing import List, Optional, Tuple
 
@@ -64,7 +65,7 @@ import torch
 
 from .reference import check_scan_inputs
 
-from .._triton import HAS_TRITON, tl, triton
+from .._triton import HAS_TRITON, num_sms, tl, triton
 
 __all__ = ["HAS_TRITON", "selective_scan_triton"]
 
@@ -98,9 +99,11 @@ def _scan_fwd_kernel(
     s_Cb, s_Cn, s_Cl,
     s_ob, s_od, s_ol,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    REVERSE: tl.constexpr, STORE_HS: tl.constexpr, STORE_LAST: tl.constexpr, HS_EVERY: tl.constexpr,
+    REVERSE: tl.constexpr, FAST_EXP: tl.constexpr, STORE_HS: tl.constexpr, STORE_LAST: tl.constexpr,
+    HS_EVERY: tl.constexpr,
     EVEN_D: tl.constexpr, EVEN_N: tl.constexpr, PAD: tl.constexpr,
     T: tl.constexpr, NR: tl.constexpr, DR: tl.constexpr, W: tl.constexpr, NL: tl.constexpr, DL: tl.constexpr,
+    AHEAD: tl.constexpr,
 ):
     pid_d = tl.program_id(0)
     pid_b = tl.program_id(1).to(tl.int64)
@@ -161,11 +164,21 @@ def _scan_fwd_kernel(
     # The chunk's per-channel tiles are loaded one chunk (T steps) ahead of their use, so that enough
     # memory requests are in flight. Step indices are clamped into [0, L): loads need no time mask
     # (padded steps are neutralised through dt = 0 and masked stores).
+    if REVERSE:
+        sgn = -1
+    else:
+        sgn = 1
     tt = tl.minimum(tl.maximum(c * T + it, 0), L - 1)
     u_n = tl.load(u_b + tt * s_ul + u_off, mask=m_d, other=0.0)
     dt_n = tl.load(t_b + tt * s_tl + t_off, mask=m_d, other=0.0)
     if HAS_Z:
         z_n = tl.load(z_b + tt * s_zl + z_off, mask=m_d, other=0.0)
+    if AHEAD == 2:  # a second chunk in flight: twice the bytes in flight at the same code size
+        tt = tl.minimum(tl.maximum((c + sgn) * T + it, 0), L - 1)
+        u_nn = tl.load(u_b + tt * s_ul + u_off, mask=m_d, other=0.0)
+        dt_nn = tl.load(t_b + tt * s_tl + t_off, mask=m_d, other=0.0)
+        if HAS_Z:
+            z_nn = tl.load(z_b + tt * s_zl + z_off, mask=m_d, other=0.0)
 
     h = tl.full([1, NR, DR, W, NL, DL], 0.0, tl.float32)
     for _i in range(0, n_chunks):
@@ -179,16 +192,23 @@ def _scan_fwd_kernel(
         dt = dt_n.to(tl.float32)
         if HAS_Z:
             zz = z_n.to(tl.float32)
-        if REVERSE:
-            c_nx = c - 1
+        c_nx = c + sgn
+        c_far = c + sgn * AHEAD
+        tt = tl.minimum(tl.maximum(c_far * T + it, 0), L - 1)
+        if AHEAD == 2:
+            u_n = u_nn
+            dt_n = dt_nn
+            u_nn = tl.load(u_b + tt * s_ul + u_off, mask=m_d, other=0.0)
+            dt_nn = tl.load(t_b + tt * s_tl + t_off, mask=m_d, other=0.0)
+            if HAS_Z:
+                z_n = z_nn
+                z_nn = tl.load(z_b + tt * s_zl + z_off, mask=m_d, other=0.0)
         else:
-            c_nx = c + 1
-        tt = tl.minimum(tl.maximum(c_nx * T + it, 0), L - 1)
-        u_n = tl.load(u_b + tt * s_ul + u_off, mask=m_d, other=0.0)
-        dt_n = tl.load(t_b + tt * s_tl + t_off, mask=m_d, other=0.0)
-        if HAS_Z:
-            z_n = tl.load(z_b + tt * s_zl + z_off, mask=m_d, other=0.0)
-        tn = tl.minimum(tl.maximum(c_nx * T + lane_t, 0), L - 1)
+            u_n = tl.load(u_b + tt * s_ul + u_off, mask=m_d, other=0.0)
+            dt_n = tl.load(t_b + tt * s_tl + t_off, mask=m_d, other=0.0)
+            if HAS_Z:
+                z_n = tl.load(z_b + tt * s_zl + z_off, mask=m_d, other=0.0)
+        tn = tl.minimum(tl.maximum(c_far * T + lane_t, 0), L - 1)
         touch += tl.load(B_b + tn * s_Bl + lane_n * s_Bn).to(tl.float32)
         touch += tl.load(C_b + tn * s_Cl + lane_n * s_Cn).to(tl.float32)
 
@@ -227,7 +247,12 @@ def _scan_fwd_kernel(
             C_j = tl.load(C_b + tj * s_Cl + C_off, mask=m_n, other=0.0).to(tl.float32)
             dt_j = tl.reduce(tl.where(it == j, dt, -0.0), 0, _sum_comb, keep_dims=True)
             du_j = tl.reduce(tl.where(it == j, du, -0.0), 0, _sum_comb, keep_dims=True)
-            h = tl.exp2(dt_j * A2) * h + du_j * B_j
+            if FAST_EXP:
+                a_j = tl.inline_asm_elementwise("ex2.approx.ftz.f32 $0, $1;", "=f,f", [dt_j * A2],
+                                                dtype=tl.float32, is_pure=True, pack=1)
+            else:
+                a_j = tl.exp2(dt_j * A2)
+            h = a_j * h + du_j * B_j
             y_j = tl.reduce(tl.reduce(h * C_j, 1, _sum_comb, keep_dims=True), 4, _sum_comb, keep_dims=True)
             y = tl.where(it == j, y_j, y)
         if HAS_D:
@@ -258,7 +283,7 @@ def _scan_bwd_kernel(
     s_xb, s_xd, s_xl,
     s_pp, s_pb, s_pn, s_pl,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    REVERSE: tl.constexpr, HAS_DLAST: tl.constexpr, ATOMIC_BC: tl.constexpr,
+    REVERSE: tl.constexpr, FAST_EXP: tl.constexpr, HAS_DLAST: tl.constexpr, ATOMIC_BC: tl.constexpr,
     EVEN_D: tl.constexpr, EVEN_N: tl.constexpr, PAD: tl.constexpr, K: tl.constexpr, TA: tl.constexpr,
     T: tl.constexpr, NR: tl.constexpr, DR: tl.constexpr, W: tl.constexpr, NL: tl.constexpr, DL: tl.constexpr,
 ):
@@ -392,7 +417,12 @@ def _scan_bwd_kernel(
                 B_j = tl.load(B_b + tl.minimum(t0 + j, L - 1) * s_Bl, mask=m_n, other=0.0).to(tl.float32)
                 dt_j = tl.reduce(tl.where(ita == j, dt, -0.0), 0, _sum_comb, keep_dims=True)
                 du_j = tl.reduce(tl.where(ita == j, du, -0.0), 0, _sum_comb, keep_dims=True)
-                h = tl.exp2(dt_j * A2) * h + du_j * B_j
+                if FAST_EXP:
+                    a_j = tl.inline_asm_elementwise("ex2.approx.ftz.f32 $0, $1;", "=f,f", [dt_j * A2],
+                                                    dtype=tl.float32, is_pure=True, pack=1)
+                else:
+                    a_j = tl.exp2(dt_j * A2)
+                h = a_j * h + du_j * B_j
             ka = ka_nx
 
         # Phase B: the chunks of T steps of the segment in reverse scan order, tiles loaded one chunk ahead
@@ -448,7 +478,11 @@ def _scan_bwd_kernel(
                 gy = g * zz * sig
             else:
                 gy = g
-            a = tl.exp2(dt * A2)
+            if FAST_EXP:
+                a = tl.inline_asm_elementwise("ex2.approx.ftz.f32 $0, $1;", "=f,f", [dt * A2],
+                                              dtype=tl.float32, is_pure=True, pack=1)
+            else:
+                a = tl.exp2(dt * A2)
 
             # forward through the chunk: states (kept as hb = a[t] h[t-1] = h[t] - b[t]), dC, and dz
             hb = tl.full([T, NR, DR, W, NL, DL], 0.0, tl.float32)
@@ -575,9 +609,11 @@ def _next_pow2(x: int) -> int:
     return 1 << max(0, int(x - 1).bit_length())
 
 
-def _config(kind: str, dim: int, nstate: int, length: int, interp: bool):
-    """Tile shape (T, NR, DR, W, NL, DL) of the forward ("fwd") kernel, or (T, NR, DR, W, NL, DL, K) of the
-    backward ("bwd"), whose segments of T * K steps are also the spacing of the states the forward saves."""
+def _config(kind: str, dim: int, nstate: int, length: int, interp: bool, rows_per_sm: float = 0.0):
+    """Tile shape (T, NR, DR, W, NL, DL[, AHEAD]) of the forward ("fwd") kernel, or (T, NR, DR, W, NL, DL, K)
+    of the backward ("bwd"), whose segments of T * K steps are also the spacing of the states the forward saves.
+
+    ``rows_per_sm``: the (batch element, channel) rows of the problem per streaming multiprocessor."""
     if _CONFIG_OVERRIDE and kind in _CONFIG_OVERRIDE:
         return tuple(_CONFIG_OVERRIDE[kind])
     bn = _next_pow2(nstate)
@@ -585,21 +621,20 @@ def _config(kind: str, dim: int, nstate: int, length: int, interp: bool):
         t = min(4, _next_pow2(length))
         cfg = (t, bn, min(_next_pow2(dim), 4), 1, 1, 1)
         return cfg + (2,) if kind == "bwd" else cfg
-    # Chosen from the sweep in NOTES_triton.md (H100, Triton 3.6). Forward: one step per iteration (longer
-    # unrolled chunks overflow the instruction cache), up to 16 states in a thread's registers. Backward:
-    # chunks of 4 steps, segments of 32 (the forward saves one state per 32 steps), states over 4 lanes.
+    # From the H100 sweep (NOTES_triton.md, run 3): the scans are latency-bound, so what counts is the
+    # number of threads kept busy. Spreading a channel's states over NL lanes multiplies the threads by NL
+    # at the price of shuffles for the sum over states; the best tiles at batch 8, 64 and 128 (length 6085
+    # and 197) all ran ~384 threads per SM in the forward and ~744 in the backward. NL is the power of 2
+    # that comes closest to that. Segments are always 32 steps, so the states the forward saves do not
+    # depend on the batch.
+    rows = max(rows_per_sm, 1e-3)
     if kind == "bwd":
-        nl = min(bn, 32, max(4, bn // 4))
-        t, k = 4, 8
-    else:
-        nl = min(32, max(1, bn // 16))
-        t, k = 1, None
-    dl = 32 // nl
-    nr = bn // nl
-    w = 4
-    while w > 1 and dl * w > max(dl, _next_pow2(dim)):
-        w //= 2
-    return (t, nr, 1, w, nl, dl) if k is None else (t, nr, 1, w, nl, dl, k)
+        nl = 1 << max(0, round(math.log2(744.0 / rows)))
+        nl = max(min(2, bn), min(nl, 8, bn))
+        return (1, bn // nl, 1, 1, nl, 32 // nl, 32)
+    nl = 1 << max(0, round(math.log2(384.0 / rows)))
+    nl = min(nl, 16, bn)
+    return (1 if nl == 1 else 2, bn // nl, 1, 2 if nl == 2 else 1, nl, 32 // nl)
 
 
 def _check_tile(T, NR, DR, W, NL, DL, nstate):
@@ -610,6 +645,15 @@ def _check_tile(T, NR, DR, W, NL, DL, nstate):
         raise ValueError(f"NL * DL must be 32 (the lanes of a warp), got {(T, NR, DR, W, NL, DL)}")
     if NR * NL < nstate:
         raise ValueError(f"tile {(T, NR, DR, W, NL, DL)} covers {NR * NL} states, fewer than {nstate}")
+
+
+def _fast_exp(interp: bool) -> bool:
+    """The decay exp2 as PTX ``ex2.approx.ftz.f32``: one MUFU instruction, where ``tl.exp2`` also rescales
+    inputs that would give subnormal results (dt * A < -126: a decay below 1e-38, flushed to 0 here). GPU
+    only: the interpreter cannot run inline PTX and keeps ``tl.exp2``."""
+    if interp:
+        return False
+    return not (_CONFIG_OVERRIDE and _CONFIG_OVERRIDE.get("fast_exp") is False)
 
 
 def _atomic_bc() -> bool:
@@ -624,10 +668,13 @@ def _launch_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, want_las
     batch, dim, length = u.shape
     nstate = A.shape[1]
     fwd, _, interp = _get_kernels()
-    T, NR, DR, W, NL, DL = _config("fwd", dim, nstate, length, interp)
+    rows = batch * dim / num_sms(u.device)
+    cfg = _config("fwd", dim, nstate, length, interp, rows)
+    T, NR, DR, W, NL, DL = cfg[:6]
+    ahead = cfg[6] if len(cfg) > 6 else 1  # chunks of u, delta, z loaded ahead of their use: 1 or 2
     _check_tile(T, NR, DR, W, NL, DL, nstate)
     if want_hs:  # the states entering each segment of the backward
-        cfg_b = _config("bwd", dim, nstate, length, interp)
+        cfg_b = _config("bwd", dim, nstate, length, interp, rows)
         seg = cfg_b[0] * cfg_b[6]
     else:
         seg = T
@@ -653,9 +700,10 @@ def _launch_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, want_las
         C.stride(0), C.stride(1), C.stride(2),
         out.stride(0), out.stride(1), out.stride(2),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(softplus),
-        REVERSE=bool(reverse), STORE_HS=bool(want_hs), STORE_LAST=bool(want_last), HS_EVERY=seg // T,
+        REVERSE=bool(reverse), FAST_EXP=_fast_exp(interp), STORE_HS=bool(want_hs), STORE_LAST=bool(want_last),
+        HS_EVERY=seg // T,
         EVEN_D=dim % (DR * W * DL) == 0, EVEN_N=nstate == NR * NL, PAD=length % T != 0,
-        T=T, NR=NR, DR=DR, W=W, NL=NL, DL=DL, num_warps=W,
+        T=T, NR=NR, DR=DR, W=W, NL=NL, DL=DL, AHEAD=ahead, num_warps=W,
     )
     return out, last, hs, seg
 
@@ -664,7 +712,7 @@ def _launch_bwd(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, hs, chun
     batch, dim, length = u.shape
     nstate = A.shape[1]
     _, bwd, interp = _get_kernels()
-    cfg = _config("bwd", dim, nstate, length, interp)
+    cfg = _config("bwd", dim, nstate, length, interp, batch * dim / num_sms(u.device))
     T, NR, DR, W, NL, DL, K = cfg[:7]
     _check_tile(T, NR, DR, W, NL, DL, nstate)
     # phase A (the states entering the segment's chunks) walks the segment in chunks of TA steps: the
@@ -722,7 +770,7 @@ def _launch_bwd(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, hs, chun
         du.stride(0), du.stride(1), du.stride(2),
         0 if atomic else dB_part.stride(0), dB_part.stride(1), dB_part.stride(3), dB_part.stride(2),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(softplus),
-        REVERSE=bool(reverse), HAS_DLAST=dlast is not None, ATOMIC_BC=atomic,
+        REVERSE=bool(reverse), FAST_EXP=_fast_exp(interp), HAS_DLAST=dlast is not None, ATOMIC_BC=atomic,
         EVEN_D=dim % (DR * W * DL) == 0, EVEN_N=nstate == NR * NL, PAD=length % (T * K) != 0, K=K, TA=TA,
         T=T, NR=NR, DR=DR, W=W, NL=NL, DL=DL, num_warps=W,
     )

@@ -1,0 +1,208 @@
+"""Tile sweep of the Triton selective scan and a per-kernel profile of a whole Vim, on one GPU.
+
+    PYTHONPATH=src python benchmarks/scan_sweep.py --out results/scan_sweep.json [--quick] [--profile]
+
+For each problem (Vim-Ti sizes: dim 384, 16 states, bf16, time-major inputs as Vim's Linear layers give
+them) it times the forward (no grad) and forward + backward over a grid of tile shapes, checks that every
+tile gives the result of the first one (relative difference printed), and reports G steps/s: (batch x
+channel x state x step) updates per second, one exp each, against the H100's ~4.1 T exp2/s. With
+``--profile`` it also runs torch.profiler over Vim-Ti inference at 1248 (batch 64) and a training step at 224
+(batch 128) and lists the kernels by total GPU time, so the time outside the scan can be set against its own
+floor. Prints markdown tables; writes everything to ``--out`` as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "tests"))
+
+from test_ops_selective_scan_triton import _inputs
+
+from vimamba.ops.selective_scan import triton_scan
+from vimamba.ops.selective_scan.triton_scan import selective_scan_triton
+
+LAYOUTS = ((16, 1, 32), (8, 2, 16), (4, 4, 8), (2, 8, 4), (1, 16, 2))  # (NR, NL, DL): states over regs/lanes
+
+
+def _rel(a, b):
+    return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+
+def _override(kind, cfg, batch, dim, nstate, length):
+    """A tile tuple, "default" (the shipped rule for this problem), or a dict of _CONFIG_OVERRIDE entries
+    (e.g. {"fast_exp": False}) on top of the default tile."""
+    rows = batch * dim / torch.cuda.get_device_properties(0).multi_processor_count
+    default = triton_scan._config(kind, dim, nstate, length, False, rows)
+    if cfg == "default":
+        return {kind: default}
+    if cfg == "default+ahead2":  # the forward's default tile with two chunks of inputs in flight
+        return {kind: tuple(default[:6]) + (2,)}
+    if isinstance(cfg, dict):
+        return {kind: default, **cfg}
+    return {kind: cfg}
+
+
+def sweep(problems, fwd_cfgs, bwd_cfgs, dim=384, nstate=16):
+    import triton
+
+    def timeit(fn):
+        return triton.testing.do_bench(fn, warmup=10, rep=60, return_mode="median")
+
+    rows = []
+    for batch, length in problems:
+        ins = _inputs(batch, dim, nstate, length, torch.bfloat16, time_major=True, device="cuda", seed=7)
+        steps = batch * dim * nstate * length
+        first = None
+        for cfg in fwd_cfgs:
+            triton_scan._CONFIG_OVERRIDE = _override("fwd", cfg, batch, dim, nstate, length)
+            try:
+                with torch.no_grad():
+                    t0 = time.perf_counter()
+                    y = selective_scan_triton(**ins, delta_softplus=True)
+                    torch.cuda.synchronize()
+                    compile_s = time.perf_counter() - t0
+                    first = y if first is None else first
+                    err = _rel(y, first)
+                    ms = timeit(lambda ins=ins: selective_scan_triton(**ins, delta_softplus=True))
+            except Exception as exc:  # noqa: BLE001 - a tile the compiler rejects (registers, shared memory): record it
+                rows.append({"pass_": "fwd", "batch": batch, "length": length, "tile": cfg, "error": repr(exc)[:200]})
+                print(rows[-1], flush=True)
+                continue
+            rows.append({"pass_": "fwd", "batch": batch, "length": length, "tile": cfg, "ms": ms, "gsteps": steps / ms / 1e6,
+                             "rel_diff": err, "compile_s": compile_s})
+            print(rows[-1], flush=True)
+        dout = torch.randn_like(ins["u"])
+        first_g = None
+        for cfg in bwd_cfgs:
+            triton_scan._CONFIG_OVERRIDE = _override("bwd", cfg, batch, dim, nstate, length)
+            leaves = {k: v.detach().requires_grad_(True) for k, v in ins.items()}
+
+            def step(leaves=leaves, dout=dout):
+                y = selective_scan_triton(**leaves, delta_softplus=True)
+                return torch.autograd.grad(y, list(leaves.values()), dout)
+
+            try:
+                grads = step()
+                first_g = grads if first_g is None else first_g
+                err = max(_rel(g, r) for g, r in zip(grads, first_g))
+                with torch.no_grad():
+                    fwd_ms = timeit(lambda leaves=leaves: selective_scan_triton(**leaves, delta_softplus=True))
+                ms = timeit(step)
+            except Exception as exc:  # noqa: BLE001 - as above
+                rows.append({"pass_": "fwd+bwd", "batch": batch, "length": length, "tile": cfg, "error": repr(exc)[:200]})
+                print(rows[-1], flush=True)
+                continue
+            rows.append({"pass_": "fwd+bwd", "batch": batch, "length": length, "tile": cfg, "ms": ms, "bwd_ms": ms - fwd_ms,
+                             "gsteps": steps / ms / 1e6, "rel_diff": err})
+            print(rows[-1], flush=True)
+        triton_scan._CONFIG_OVERRIDE = None
+        torch.cuda.empty_cache()
+    return rows
+
+
+def profile_model(name, img_size, batch, train):
+    import timm
+    from torch.profiler import ProfilerActivity, profile
+
+    import vimamba  # noqa: F401  (registers the models)
+
+    model = timm.create_model(name, img_size=img_size).cuda()
+    x = torch.randn(batch, 3, img_size, img_size, device="cuda")
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4) if train else None
+
+    def run(model=model, x=x, opt=opt):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            if train:
+                loss = model(x).float().logsumexp(-1).mean()
+                loss.backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            else:
+                with torch.no_grad():
+                    model(x)
+
+    model.train(train)
+    for _ in range(2):
+        run()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        t0 = time.perf_counter()
+        run()
+        torch.cuda.synchronize()
+        wall_ms = (time.perf_counter() - t0) * 1e3
+    events = [e for e in prof.key_averages() if e.device_time_total > 0]
+    events.sort(key=lambda e: -e.device_time_total)
+    total = sum(e.device_time_total for e in events) / 1e3
+    kernels = [{"name": e.key[:90], "calls": e.count, "ms": e.device_time_total / 1e3} for e in events[:30]]
+    return {"model": name, "img_size": img_size, "batch": batch, "train": train, "wall_ms": wall_ms, "gpu_ms": total,
+                "kernels": kernels}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", required=True)
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--profile", action="store_true")
+    p.add_argument("--no-sweep", action="store_true")
+    p.add_argument("--bwd-only", action="store_true")
+    p.add_argument("--grid", choices=("layouts", "dr"), default="layouts",
+                   help="layouts: states over registers/lanes x chunk x warps (DR = 1); dr: the shipped rule "
+                        "against the plain exp2 and against two channels per thread")
+    args = p.parse_args()
+    import triton
+
+    report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__}
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+
+    def save():  # after each phase: a run cut by a time limit keeps what it measured
+        with open(args.out, "w") as f:
+            json.dump(report, f, indent=1)
+
+    if args.profile:
+        report["profiles"] = [profile_model("vim_tiny_patch16_224", 1248, 64, False),
+                              profile_model("vim_tiny_patch16_224", 224, 128, True)]
+        for prof in report["profiles"]:
+            print(f"\n{prof['model']} {prof['img_size']} b{prof['batch']} train={prof['train']}: "
+                  f"wall {prof['wall_ms']:.1f} ms, GPU {prof['gpu_ms']:.1f} ms")
+            for k in prof["kernels"][:14]:
+                print(f"  {k['ms']:8.2f} ms {k['calls']:5d}x  {k['name']}")
+        save()
+    if not args.no_sweep and args.grid == "dr":
+        fwd = ["default", {"fast_exp": False}, "default+ahead2", (2, 4, 2, 1, 4, 8, 2), (2, 4, 2, 1, 4, 8), (2, 4, 2, 2, 4, 8), (1, 4, 2, 1, 4, 8),
+               (2, 2, 2, 1, 8, 4), (2, 8, 2, 1, 2, 16), (1, 8, 2, 1, 2, 16)]
+        bwd = ["default", {"fast_exp": False}, (1, 4, 2, 1, 4, 8, 32), (1, 2, 2, 1, 8, 4, 32),
+               (1, 8, 2, 1, 2, 16, 32)]
+        report["sweep"] = sweep([(64, 6085), (128, 197)], fwd, bwd) + sweep([(8, 6085)], fwd, [])
+    elif not args.no_sweep:
+        fwd = [(t, nr, 1, w, nl, dl) for t, (nr, nl, dl), w in itertools.product((1, 2, 4), LAYOUTS, (1, 2, 4))]
+        fwd.insert(0, "default")
+        bwd = [(t, nr, 1, w, nl, dl, 32 // t) for t, (nr, nl, dl), w in itertools.product(
+            (1, 2, 4), LAYOUTS[1:4], (1, 2, 4))]
+        bwd.insert(0, "default")
+        if args.quick:
+            fwd, bwd = fwd[:4], bwd[:2]
+        if args.bwd_only:
+            fwd = fwd[:1]
+        problems = [(64, 6085), (128, 197), (8, 6085)]
+        report["sweep"] = sweep(problems[:2], fwd, bwd) + sweep(problems[2:], fwd, [])
+    if "sweep" in report:
+        ok = [r for r in report["sweep"] if "ms" in r]
+        print("\n| pass | batch | length | tile | ms | G steps/s | rel. diff to 1st |")
+        print("| --- | --- | --- | --- | --- | --- | --- |")
+        for (pss, b, ln), grp in itertools.groupby(ok, key=lambda r: (r["pass_"], r["batch"], r["length"])):
+            grp = sorted(grp, key=lambda r: r["ms"])
+            for r in grp[:8]:  # the best eight of each problem
+                print(f"| {pss} | {b} | {ln} | {r['tile']} | {r['ms']:.3f} | {r['gsteps']:.0f} | {r['rel_diff']:.1e} |")
+    save()
+
+
+if __name__ == "__main__":
+    main()
