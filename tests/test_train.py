@@ -133,6 +133,75 @@ def test_cli_flags_reach_the_saved_config(tmp_path, capsys, data_root):
     assert {k: v for k, v in saved.items() if k != "resolved"} == again.to_dict()
 
 
+# ---- the learning-rate schedule -------------------------------------------------------------------------------
+def reference_epoch_lrs(epochs: int, lr: float, warmup_epochs: int, warmup_lr: float, min_lr: float) -> list[float]:
+    """Each epoch's lr as the reference's main.py (DeiT's) produces it: timm's create_scheduler on its argparse
+    defaults, the lr read during epoch `epoch`, then `lr_scheduler.step(epoch)` after it."""
+    import argparse
+
+    from timm.scheduler import create_scheduler
+
+    args = argparse.Namespace(  # the reference's get_args_parser() defaults for the schedule, lr scaled by batch
+        sched="cosine", epochs=epochs, lr=lr, lr_noise=None, lr_noise_pct=0.67, lr_noise_std=1.0,
+        warmup_lr=warmup_lr, min_lr=min_lr, decay_epochs=30, warmup_epochs=warmup_epochs, cooldown_epochs=10,
+        patience_epochs=10, decay_rate=0.1, seed=0)
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=args.lr)
+    lr_scheduler, _ = create_scheduler(args, optimizer)
+    lrs = []
+    for epoch in range(args.epochs):
+        lrs.append(optimizer.param_groups[0]["lr"])  # train_one_epoch runs at this lr
+        lr_scheduler.step(epoch)
+    return lrs
+
+
+def test_per_epoch_lr_is_the_reference_scripts_for_the_vim_ti_preset():
+    import math
+
+    import vimamba
+    from vimamba.train.optim import EpochSchedule, build_scheduler
+
+    config = resolve_config("imagenet-vim-ti", overrides={"data": "/data/imagenet"})
+    model = vimamba.create_model("vim_tiny_patch16_224", depth=1, embed_dim=32, num_classes=3)
+
+    def fresh():
+        optimizer = build_optimizer(model, config, config.resolved_lr())
+        return optimizer, EpochSchedule(optimizer, build_scheduler(optimizer, config))
+
+    optimizer, schedule = fresh()
+    ours = []
+    for epoch in range(config.epochs):
+        ours.append(schedule.start_epoch(epoch))
+        assert {g["lr"] for g in optimizer.param_groups} == {ours[-1]}  # decayed and exempt groups alike
+    reference = reference_epoch_lrs(300, 5e-4 * 1024 / 512, 5, 1e-6, 1e-5)  # 8 GPUs x 128 at lr 5e-4 per 512
+    assert ours[:8] == reference[:8] and ours[-4:] == reference[-4:]
+    assert ours == reference
+
+    # the quirk, independently of timm: two epochs at warmup_lr, then one behind the curve all the way
+    def cosine(t):
+        return 1e-5 + 0.5 * (1e-3 - 1e-5) * (1 + math.cos(math.pi * t / 300))
+
+    assert ours[0] == ours[1] == 1e-6
+    assert ours[2:6] == pytest.approx([1e-6 + t * (1e-3 - 1e-6) / 5 for t in (1, 2, 3, 4)], rel=1e-12)
+    assert ours[6] == pytest.approx(cosine(5), rel=1e-12) and ours[299] == pytest.approx(cosine(298), rel=1e-12)
+    # a resumed run (new optimiser and scheduler) gets the epoch's lr from the epoch number alone
+    for epoch in (299, 1, 150, 0, 7):
+        assert fresh()[1].start_epoch(epoch) == reference[epoch]
+
+
+def test_training_runs_each_epoch_at_the_reference_lr_through_a_resume(tmp_path, capsys, monkeypatch, data_root):
+    out = tmp_path / "run"
+    args = tiny_args(data_root, out, "--epochs", "4", "--warmup-epochs", "2", "--warmup-lr", "1e-5", "--min-lr",
+                     "1e-6", "--lr", "2e-3", "--checkpoint-every-steps", "2")
+    kill_after(monkeypatch, 9)  # epoch 2, batch 3: resumes from the checkpoint after its batch 2
+    assert run_cli(capsys, *args)[0] == 130
+    monkeypatch.undo()
+    code, stdout, err = run_cli(capsys, "train", "--resume", out, "--no-progress")
+    assert code == 0 and "resuming at epoch 2, batch 2" in stdout, err
+    lrs = [json.loads(row)["lr"] for row in (out / "metrics.jsonl").read_text().splitlines()]
+    assert lrs == reference_epoch_lrs(4, 2e-3, 2, 1e-5, 1e-6)
+    assert lrs[0] == lrs[1] == 1e-5 and lrs[2] == pytest.approx(1e-5 + (2e-3 - 1e-5) / 2)
+
+
 # ---- the built-in job -------------------------------------------------------------------------------------------
 def test_one_short_digits_epoch_learns_and_writes_the_run(tmp_path, capsys):
     out = tmp_path / "digits"
@@ -241,6 +310,37 @@ def test_kill_and_resume_reproduces_the_uninterrupted_run(tmp_path, capsys, monk
             assert ra[k] == rb[k], k
 
 
+def test_sharded_and_unsharded_runs_resume_each_other_exactly(tmp_path, capsys, monkeypatch, data_root,
+                                                              straight_run):
+    """One process with --fsdp (FSDP2 over a group of one) picks up an unsharded run's checkpoint, writes its own
+    through the DCP full-state helpers, and an unsharded run finishes from that: the weights, EMA and optimiser
+    state end exactly as the uninterrupted unsharded run's (one shard holds everything, so nothing is summed in
+    another order)."""
+    stopped = tmp_path / "stopped"
+    kill_after(monkeypatch, 5)  # unsharded, stopped in epoch 1 batch 5: checkpoint after batch 4
+    assert run_cli(capsys, *tiny_args(data_root, stopped, *RESUME_EXTRA))[0] == 130
+    kill_after(monkeypatch, 6)  # sharded from batch 5 on, stopped in epoch 2 batch 4: checkpoint after batch 2
+    code, out, err = run_cli(capsys, "train", "--resume", stopped, "--fsdp", "--no-progress")
+    assert code == 130 and "resuming at epoch 1, batch 4" in out, err
+    sharded = torch.load(stopped / "last.pth", map_location="cpu", weights_only=True)
+    assert sharded["config"]["fsdp"] and (sharded["epoch"], sharded["step_in_epoch"]) == (1, 2)
+    assert all(type(v) is torch.Tensor for v in sharded["model"].values())  # plain tensors, not DTensors
+    assert sorted(sharded["optimizer"]["state"]) == list(range(len(sharded["model"])))  # keyed by position
+    monkeypatch.undo()
+    code, out, err = run_cli(capsys, "train", "--resume", stopped, "--no-fsdp", "--no-progress")
+    assert code == 0 and "resuming at epoch 2, batch 2" in out, err
+    a = torch.load(straight_run / "last.pth", map_location="cpu", weights_only=True)
+    b = torch.load(stopped / "last.pth", map_location="cpu", weights_only=True)
+    for key in ("model", "model_ema"):
+        assert a[key].keys() == b[key].keys()
+        for name in a[key]:
+            assert torch.equal(a[key][name], b[key][name]), (key, name)
+    assert a["optimizer"]["param_groups"] == b["optimizer"]["param_groups"]
+    for i, state in a["optimizer"]["state"].items():
+        for name in ("step", "exp_avg", "exp_avg_sq"):
+            assert torch.equal(state[name], b["optimizer"]["state"][i][name]), (i, name)
+
+
 def test_epoch_order_is_a_function_of_seed_and_epoch_and_splits_over_processes():
     from vimamba.data import EpochSampler
 
@@ -277,6 +377,24 @@ def test_a_finished_run_can_be_extended(tmp_path, capsys, data_root):
     assert Path(other["best_checkpoint"]).is_file() and Path(other["last_checkpoint"]).is_file()
     code, _, err = run_cli(capsys, "train", "--resume", out, "-o", out.parent / "other")
     assert_one_line_error(code, err, "train", "already holds a run")
+
+
+def test_resume_with_another_batch_is_refused_unless_accepted(tmp_path, capsys, monkeypatch, data_root):
+    out = tmp_path / "run"
+    kill_after(monkeypatch, 5)  # epoch 1 of 6 batches of 4, stopped in batch 5: the checkpoint after batch 4
+    assert run_cli(capsys, *tiny_args(data_root, out, "--checkpoint-every-steps", "2"))[0] == 130
+    monkeypatch.undo()
+    code, _, err = run_cli(capsys, "train", "--resume", out, "-b", "8", "--no-progress")
+    assert_one_line_error(code, err, "train", "cannot resume", "1 process with batch 4",
+                          "this run has 1 process with batch 8", "--batch-size 4", "--resume-any-world-size")
+    code, stdout, err = run_cli(capsys, "train", "--resume", out, "-b", "8", "--resume-any-world-size",
+                                "--no-progress")
+    assert code == 0, err
+    assert "warning: resuming" in err and "data order" in err and "peaks at lr" in stdout
+    # 16 images were done: 2 batches of 8, then 1 more in epoch 1 and 3 in epoch 2
+    saved = torch.load(out / "last.pth", map_location="cpu", weights_only=True)
+    assert "resuming at epoch 1, batch 2" in stdout and saved["optimizer_steps"] == 4 + 1 + 3
+    assert saved["config"]["batch_size"] == 8 and len(saved["rng"]) == 1
 
 
 # ---- non-finite losses ----------------------------------------------------------------------------------------
@@ -448,31 +566,109 @@ def test_eval_on_a_folder_with_a_plain_state_dict(tmp_path, capsys, data_root):
 
 
 # ---- several processes -------------------------------------------------------------------------------------
-def test_torchrun_two_processes_agree_with_one(tmp_path, capsys, data_root):
-    """DDP over gloo on the CPU: the same global batch, so the same updates up to float summation order."""
+PROCESS_EXTRA = ["--checkpoint-every-steps", "4", "--model-ema", "--model-ema-decay", "0.9"]
+
+
+def torchrun(*argv, processes: int = 2) -> None:
+    """`torchrun --nproc_per_node=N -m vimamba ...` on the CPU (gloo); fails the test with the output on error."""
     import os
     import subprocess
     import sys
 
-    args = [str(a) for a in tiny_args(data_root, tmp_path / "ddp", "--checkpoint-every-steps", "4")]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "vimamba", *args],
-        capture_output=True, text=True, timeout=300, env=env)
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}", "-m",
+         "vimamba", *[str(a) for a in argv]], capture_output=True, text=True, timeout=300, env=env, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert proc.stdout.count("validation top-1") == 1  # printed by rank 0 only
-    single = tmp_path / "single"
-    code, _, err = run_cli(capsys, *tiny_args(data_root, single, "--checkpoint-every-steps", "4"))
+
+
+@pytest.fixture(scope="module")
+def one_process_run(data_root, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("one") / "run"
+    assert main([str(a) for a in tiny_args(data_root, out, *PROCESS_EXTRA)]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def ddp_run(data_root, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("ddp") / "run"
+    torchrun(*tiny_args(data_root, out, *PROCESS_EXTRA))
+    return out
+
+
+def load_last(run: Path) -> dict:
+    return torch.load(run / "last.pth", map_location="cpu", weights_only=True)
+
+
+def assert_same_training(run: Path, reference: Path, exact: bool) -> None:
+    """Weights, EMA and Adam's first moments of two runs' last.pth, equal or within float summation noise.
+
+    Not exact: one process takes the mean over the batch of 4, two average two means of 2, so the gradients
+    differ by float rounding (about 1 ulp); after the 12 steps the weights differ by at most 1.2e-7 here.
+    Adam moves every weight by about lr = 1.25e-4 per step whatever the gradient's scale, so a wrong gradient
+    (a shard on the wrong parameter, a missing reduction) misses atol 2e-6 by far; a gradient of the right
+    direction but the wrong scale (summed instead of averaged) shows in Adam's first moment instead, compared
+    relative to its largest value.
+    """
+    a, b = load_last(run), load_last(reference)
+    assert a["optimizer_steps"] == b["optimizer_steps"] == 12
+    for key in ("model", "model_ema"):
+        assert a[key].keys() == b[key].keys()
+        for name in a[key]:
+            if exact:
+                assert torch.equal(a[key][name], b[key][name]), (key, name)
+            else:
+                torch.testing.assert_close(a[key][name], b[key][name], rtol=1e-5, atol=2e-6, msg=f"{key} {name}")
+    for i, state in b["optimizer"]["state"].items():
+        first = a["optimizer"]["state"][i]["exp_avg"]
+        if exact:
+            assert torch.equal(first, state["exp_avg"]), i
+        else:
+            torch.testing.assert_close(first, state["exp_avg"], rtol=1e-3, atol=1e-4 * state["exp_avg"].abs().max(),
+                                       msg=f"exp_avg of parameter {i}")
+    summary_a = json.loads((run / "summary.json").read_text())
+    summary_b = json.loads((reference / "summary.json").read_text())
+    assert summary_a["val_top1"] == pytest.approx(summary_b["val_top1"], abs=0.13)  # one of the 8 images at most
+    assert summary_a["val_loss"] == pytest.approx(summary_b["val_loss"], rel=1e-4)
+
+
+def test_torchrun_two_processes_agree_with_one(data_root, ddp_run, one_process_run):
+    """DDP over gloo on the CPU: the same global batch, so the same updates up to float summation order."""
+    assert len(load_last(ddp_run)["rng"]) == 2
+    assert json.loads((ddp_run / "summary.json").read_text())["world_size"] == 2
+    assert_same_training(ddp_run, one_process_run, exact=False)
+
+
+def test_torchrun_fsdp_trains_like_ddp_and_its_checkpoint_serves_one_process(tmp_path, capsys, data_root, ddp_run,
+                                                                            one_process_run):
+    """FSDP2 (fully_shard per block, then the root) over two gloo processes on the CPU."""
+    out = tmp_path / "fsdp"
+    torchrun(*tiny_args(data_root, out, *PROCESS_EXTRA, "--fsdp"))
+    saved = load_last(out)
+    assert saved["config"]["fsdp"] and len(saved["rng"]) == 2
+    assert all(type(v) is torch.Tensor for v in saved["model"].values())  # full tensors, not DTensors
+    # Two processes give every gradient element as (g0 + g1) / 2 under DDP's all-reduce and FSDP's
+    # reduce-scatter alike (one commutative addition, an exact halving), so FSDP matches DDP bit for bit;
+    # against one process, float summation order makes the difference (see assert_same_training).
+    assert_same_training(out, ddp_run, exact=True)
+    assert_same_training(out, one_process_run, exact=False)
+    # one process without FSDP evaluates the checkpoint ...
+    code, stdout, err = run_cli(capsys, "eval", "--data", data_root, "--checkpoint", out / "last.pth", "--json",
+                                "--use-ema", "-j", "0", "--no-progress")
     assert code == 0, err
-    ddp_ckpt = torch.load(tmp_path / "ddp" / "last.pth", map_location="cpu", weights_only=True)
-    assert len(ddp_ckpt["rng"]) == 2 and ddp_ckpt["optimizer_steps"] == 12
-    a, b = ddp_ckpt["model"], model_state(single / "last.pth")
-    for name in a:
-        torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-5, msg=name)
-    summary_ddp = json.loads((tmp_path / "ddp" / "summary.json").read_text())
-    summary_one = json.loads((single / "summary.json").read_text())
-    assert summary_ddp["world_size"] == 2 and summary_ddp["val_top1"] == pytest.approx(summary_one["val_top1"], abs=0.13)
-    assert summary_ddp["val_loss"] == pytest.approx(summary_one["val_loss"], rel=1e-4)
+    summary = json.loads((out / "summary.json").read_text())
+    assert json.loads(stdout)["top1"] == pytest.approx(summary["ema_val_top1"])
+    # ... and continues the run, once it accepts that two processes' data order cannot be replayed by one
+    code, _, err = run_cli(capsys, "train", "--resume", out, "--no-fsdp", "--epochs", "3", "--no-progress")
+    assert_one_line_error(code, err, "train", "cannot resume", "trained by 2 processes with batch 4",
+                          "this run has 1 process with batch 4", "--resume-any-world-size")
+    code, _, err = run_cli(capsys, "train", "--resume", out, "--no-fsdp", "--epochs", "3", "--resume-any-world-size",
+                           "--no-progress")
+    assert code == 0, err
+    assert "warning: resuming" in err
+    resumed = load_last(out)
+    assert resumed["optimizer_steps"] == 18 and len(resumed["rng"]) == 1 and not resumed["config"]["fsdp"]
 
 
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])

@@ -5,7 +5,8 @@ Settings come from a preset (--preset: digits, imagenet-vim-ti, imagenet-vim-s, 
 Everything used is saved in OUTPUT/config.yaml. The run writes last.pth every epoch (and every
 --checkpoint-every-steps optimiser steps), best.pth by validation top-1, .safetensors weights, metrics.csv,
 metrics.jsonl, learning_curves.png and finally summary.json. --resume OUTPUT continues a stopped run where it
-stopped, mid-epoch included. Several processes: torchrun --nproc_per_node=N -m vimamba train ...
+stopped, mid-epoch included. Several processes: torchrun --nproc_per_node=N -m vimamba train ... (DDP; add
+--fsdp to shard the model, its gradients and optimiser state over the processes instead).
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ HELPS = {
     "max_bad_steps": "stop after this many steps in a row with a non-finite loss or gradient",
     "strict_data": "stop at an unreadable image instead of skipping it with a warning",
     "threads": "torch threads on the CPU",
+    "fsdp": "shard parameters, gradients and optimiser state over the processes (FSDP2 fully_shard) instead of "
+            "replicating them (DDP); checkpoints are the same either way",
 }
 SHORT = {"batch_size": "-b", "model": "-m", "workers": "-j"}
 SKIP = {"preset"}
@@ -59,6 +62,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="run folder (default: runs/DATE-TIME-PRESET; a folder holding a run is not overwritten)")
     run.add_argument("--resume", default=None, metavar="PATH", help="continue a run: its folder or a last.pth")
     run.add_argument("--force", action="store_true", help="write over a run already in --output")
+    run.add_argument("--resume-any-world-size", action="store_true",
+                     help="--resume with another number of processes or another --batch-size than the run had "
+                          "(the data order and random draws then differ from an uninterrupted run)")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     settings = parser.add_argument_group("settings (default: the preset's; see config.yaml of a run)")
@@ -112,7 +118,8 @@ def run(args: argparse.Namespace) -> int:
             del saved
         else:
             config = resolve_config(args.preset, args.config, overrides)
-        train(config, output=args.output, resume=args.resume, force=args.force, progress=not args.no_progress)
+        train(config, output=args.output, resume=args.resume, force=args.force, progress=not args.no_progress,
+              resume_any_world_size=args.resume_any_world_size)
     except DataError as err:
         raise CLIError(err.short()) from err
     except (ConfigError, TrainingError) as err:

@@ -81,6 +81,7 @@ class TrainConfig:
     seed: int = 0
     workers: int = 8
     device: str | None = None
+    fsdp: bool = False               # shard parameters, gradients and optimiser state (FSDP2) instead of DDP
     strict_data: bool = False
     checkpoint_every_steps: int = 0  # also save last.pth every N optimiser steps (0: at epoch ends only)
     max_bad_steps: int = 20          # stop after this many consecutive non-finite losses/gradients
@@ -230,5 +231,8 @@ def validate(config: TrainConfig) -> None:
     if config.preset == "lsft" and not config.initial_checkpoint:
         raise ConfigError("preset 'lsft' fine-tunes a trained model: pass --initial-checkpoint FILE (a 224 "
                           "checkpoint such as vim_t_midclstok_76p1acc.pth)")
+    if config.sched == "plateau":
+        raise ConfigError("sched 'plateau' needs a validation metric at each step, which this trainer's per-epoch "
+                          "schedule does not pass; choose cosine, step, multistep, poly or tanh")
     if config.checkpoint_every_steps < 0 or config.max_bad_steps < 1:
         raise ConfigError("checkpoint_every_steps must be >= 0 and max_bad_steps >= 1")

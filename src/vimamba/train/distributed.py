@@ -1,4 +1,4 @@
-"""Processes and devices: one process, or torchrun's (DDP with NCCL on GPUs, gloo on the CPU)."""
+"""Processes and devices: one process, or torchrun's (NCCL on GPUs, gloo on the CPU; DDP or FSDP2 over them)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "init_distributed", "all_reduce_sum", "broadcast_object", "gather_objects", "cleanup"]
+__all__ = ["DistInfo", "init_distributed", "all_reduce_sum", "all_reduce_max", "broadcast_object", "gather_objects",
+           "cleanup"]
 
 
 @dataclass
@@ -18,6 +19,7 @@ class DistInfo:
     rank: int = 0
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
+    owns_group: bool = False  # this process group was created here (and is destroyed by cleanup)
 
     @property
     def distributed(self) -> bool:
@@ -28,8 +30,12 @@ class DistInfo:
         return self.rank == 0
 
 
-def init_distributed(device: str | None = None) -> DistInfo:
-    """Join torchrun's process group when started by it (``WORLD_SIZE`` > 1); pick this process's device."""
+def init_distributed(device: str | None = None, need_group: bool = False) -> DistInfo:
+    """Join torchrun's process group when started by it (``WORLD_SIZE`` > 1); pick this process's device.
+
+    ``need_group``: a single process gets a group of its own too (FSDP shards over a process group, even one
+    of size 1), held in memory so that no launcher or free port is needed.
+    """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -43,11 +49,15 @@ def init_distributed(device: str | None = None) -> DistInfo:
             raise ValueError(f"--device {device}: no CUDA device is available here; use --device cpu")
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
-    if world_size > 1 and not dist.is_initialized():
+    owns_group = False
+    if (world_size > 1 or need_group) and not dist.is_initialized():
         backend = "nccl" if dev.type == "cuda" else "gloo"
         kwargs: dict[str, Any] = {"device_id": dev} if dev.type == "cuda" else {}
+        if world_size == 1:
+            kwargs.update(store=dist.HashStore(), rank=0, world_size=1)
         dist.init_process_group(backend=backend, **kwargs)
-    return DistInfo(world_size, rank, local_rank, dev)
+        owns_group = True
+    return DistInfo(world_size, rank, local_rank, dev, owns_group)
 
 
 def all_reduce_sum(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
@@ -77,6 +87,14 @@ def barrier(info: DistInfo) -> None:
         dist.barrier()
 
 
+def all_reduce_max(value: int, info: DistInfo) -> int:
+    if not info.distributed:
+        return value
+    tensor = torch.tensor([value], dtype=torch.int64, device=info.device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return int(tensor.item())
+
+
 def cleanup(info: DistInfo) -> None:
-    if info.distributed and dist.is_initialized():
+    if info.owns_group and dist.is_initialized():
         dist.destroy_process_group()

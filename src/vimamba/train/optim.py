@@ -8,7 +8,7 @@ from timm.scheduler import create_scheduler_v2
 
 from .config import TrainConfig
 
-__all__ = ["no_weight_decay_patterns", "build_optimizer", "build_scheduler"]
+__all__ = ["no_weight_decay_patterns", "build_optimizer", "build_scheduler", "EpochSchedule"]
 
 
 def no_weight_decay_patterns(decay_a_log: bool = True) -> list[str]:
@@ -35,9 +35,35 @@ def build_optimizer(model: nn.Module, config: TrainConfig, lr: float):
 
 
 def build_scheduler(optimizer, config: TrainConfig):
-    """timm's scheduler, stepped once per epoch (``step(epoch + 1)`` after each), as the reference does."""
+    """timm's scheduler over ``config.epochs`` (driven per epoch by ``EpochSchedule``; None for sched 'none')."""
     scheduler, _ = create_scheduler_v2(
         optimizer, sched=config.sched, num_epochs=config.epochs, warmup_epochs=config.warmup_epochs,
         warmup_lr=config.warmup_lr, min_lr=config.min_lr, cooldown_epochs=config.cooldown_epochs,
         step_on_epochs=True)
     return scheduler
+
+
+class EpochSchedule:
+    """The learning rate of each epoch, as the reference's ``main.py`` (DeiT's) sets it.
+
+    The reference calls ``lr_scheduler.step(epoch)`` after training epoch ``epoch``, so epoch 0 runs at the lr the
+    scheduler's constructor set (warmup_lr with warmup) and epoch e >= 1 at the schedule's value for e - 1: the
+    first two epochs share warmup_lr, and every later epoch is one behind timm ``train.py``'s ``step(epoch + 1)``.
+
+    The lr is set at the start of each epoch from its number alone (timm's per-epoch schedules are functions of
+    the epoch), so a resumed run, mid-epoch included, gets the uninterrupted run's lr. (The reference's own
+    resume calls ``step(start_epoch)`` and so runs its first resumed epoch one schedule step ahead.)
+    """
+
+    def __init__(self, optimizer, scheduler):
+        self.optimizer, self.scheduler = optimizer, scheduler
+        self.initial = [group["lr"] for group in optimizer.param_groups]
+
+    def start_epoch(self, epoch: int) -> float:
+        """Set the optimiser's lr for ``epoch`` (counting from 0); returns the first group's."""
+        if epoch == 0 or self.scheduler is None:
+            for group, lr in zip(self.optimizer.param_groups, self.initial):
+                group["lr"] = lr
+        else:
+            self.scheduler.step(epoch - 1)
+        return self.optimizer.param_groups[0]["lr"]

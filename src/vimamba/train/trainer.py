@@ -1,4 +1,5 @@
-"""The training loop: one process or torchrun's, resumable at any batch, guarded against non-finite steps.
+"""The training loop: one process or torchrun's (DDP, or FSDP2 with ``fsdp``), resumable at any batch, guarded
+against non-finite steps.
 
 ``train(config, output)`` builds everything from timm's factories (model, transforms, Mixup, losses,
 optimiser, scheduler, EMA), trains, evaluates each epoch (distributed: every process scores its share and
@@ -28,9 +29,11 @@ from ..data import EpochSampler, SeededTransformDataset, digits_split, folder_so
 from ..models import CheckpointError
 from . import checkpoint as ckpt
 from .config import TrainConfig
-from .distributed import DistInfo, all_reduce_sum, barrier, broadcast_object, cleanup, gather_objects, init_distributed
+from . import fsdp
+from .distributed import (DistInfo, all_reduce_max, all_reduce_sum, barrier, broadcast_object, cleanup, gather_objects,
+                          init_distributed)
 from .metrics import plot_curves, write_metrics, write_tensorboard
-from .optim import build_optimizer, build_scheduler
+from .optim import EpochSchedule, build_optimizer, build_scheduler
 
 __all__ = ["TrainingError", "train", "run_folder_holds_run", "default_output", "evaluate", "build_eval_transform"]
 
@@ -131,11 +134,14 @@ def evaluate(model: nn.Module, loader, info: DistInfo, dtype: torch.dtype | None
              progress: bool = True) -> dict[str, float]:
     """Top-1/top-5 accuracy (fractions) and mean cross-entropy; counts summed over processes."""
     model.eval()
+    sharded = fsdp.is_fsdp(model)
     sums = torch.zeros(4, dtype=torch.float64, device=info.device)  # correct1, correct5, loss, count
     bar = tqdm(total=len(loader.sampler) if hasattr(loader, "sampler") else None, unit="img", desc=desc,
                leave=False, disable=not (progress and info.is_main), file=sys.stderr, dynamic_ncols=True)
+    image_shape = None
     for images, targets in loader:
         images, targets = images.to(info.device, non_blocking=True), targets.to(info.device, non_blocking=True)
+        image_shape = tuple(images.shape[1:])
         with torch.autocast(info.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             output = model(images)
         output = output.float()
@@ -148,6 +154,17 @@ def evaluate(model: nn.Module, loader, info: DistInfo, dtype: torch.dtype | None
         sums[3] += len(targets)
         bar.update(len(targets))
     bar.close()
+    if sharded:
+        # Every forward of a sharded model all-gathers with all processes, but the validation set is dealt
+        # unevenly (a process may have one batch fewer): the short ones run discarded forwards to keep step.
+        missing = all_reduce_max(len(loader), info) - len(loader)
+        shape = broadcast_object(image_shape, info)  # rank 0 has the largest share, so it saw a batch
+        for _ in range(missing):
+            with torch.autocast(info.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                model(torch.zeros((1, *shape), device=info.device))
+        # The root's parameters stay gathered after a forward (FSDP expects backward next); shard them again so
+        # in-place updates of the shards (EMA, optimiser) are what the next forward gathers.
+        model.reshard()
     all_reduce_sum(sums, info)
     count = max(sums[3].item(), 1.0)
     return {"top1": sums[0].item() / count, "top5": sums[1].item() / count, "loss": sums[2].item() / count,
@@ -170,11 +187,15 @@ def prepare_output(output: Path | None, config: TrainConfig, resume: Path | None
 
 
 def train(config: TrainConfig, output: str | os.PathLike | None = None, resume: str | os.PathLike | None = None,
-          force: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Train as ``config`` says; returns the summary (also written to ``output/summary.json``)."""
-    info = init_distributed(config.device)
+          force: bool = False, progress: bool = True, resume_any_world_size: bool = False) -> dict[str, Any]:
+    """Train as ``config`` says; returns the summary (also written to ``output/summary.json``).
+
+    ``resume_any_world_size``: resume with another number of processes or total batch than the run had (refused
+    otherwise, as the data order and random draws then differ from an uninterrupted run).
+    """
+    info = init_distributed(config.device, need_group=config.fsdp)
     try:
-        return _train(config, output, resume, force, progress, info)
+        return _train(config, output, resume, force, progress, info, resume_any_world_size)
     except KeyboardInterrupt:
         if info.is_main and _RUN_FOLDER.get("path") and (Path(_RUN_FOLDER["path"]) / ckpt.LAST).exists():
             print(f"\ninterrupted; continue from the last checkpoint with: vimamba train --resume {_RUN_FOLDER['path']}",
@@ -188,7 +209,36 @@ def train(config: TrainConfig, output: str | os.PathLike | None = None, resume: 
 _RUN_FOLDER: dict[str, str] = {}
 
 
-def _train(config: TrainConfig, output, resume, force: bool, progress: bool, info: DistInfo) -> dict[str, Any]:
+def check_resume_layout(saved: dict[str, Any], config: TrainConfig, info: DistInfo, path: Path,
+                        accept: bool) -> None:
+    """Refuse to resume with other processes or another total batch than the run had, unless ``accept``."""
+    old_world, old_batch = len(saved["rng"]), saved["config"]["batch_size"]
+    if (old_world, old_batch) == (info.world_size, config.batch_size):
+        return
+    had = f"{old_world} process{'es' if old_world > 1 else ''} with batch {old_batch}"
+    has = f"{info.world_size} process{'es' if info.world_size > 1 else ''} with batch {config.batch_size}"
+    if not accept:
+        raise TrainingError(
+            f"cannot resume {path} exactly: it was trained by {had}, this run has {has}; resume with {old_world} "
+            f"process{'es' if old_world > 1 else ''} and --batch-size {old_batch}, or pass --resume-any-world-size "
+            f"to continue with a different data order")
+    if info.is_main:
+        print(f"warning: resuming {path} (trained by {had}) with {has}: the data order and random draws differ "
+              f"from an uninterrupted run", file=sys.stderr, flush=True)
+
+
+def seed_process(seed: int) -> None:
+    import random
+
+    import numpy as np
+
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+def _train(config: TrainConfig, output, resume, force: bool, progress: bool, info: DistInfo,
+           resume_any_world_size: bool = False) -> dict[str, Any]:
     started = time.time()
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -201,6 +251,8 @@ def _train(config: TrainConfig, output, resume, force: bool, progress: bool, inf
     local_batch = config.batch_size // info.world_size
     if (config.mixup > 0 or config.cutmix > 0) and local_batch % 2:
         raise TrainingError(f"mixup/cutmix need an even batch per process (got {local_batch})")
+    if saved is not None:
+        check_resume_layout(saved, config, info, resume_path, resume_any_world_size)
 
     # Data (the number of classes comes from it).
     train_source, val_source = load_sources(config)
@@ -227,19 +279,34 @@ def _train(config: TrainConfig, output, resume, force: bool, progress: bool, inf
     torch.manual_seed(config.seed)
     model = build_model(config, num_classes, load_initial=saved is None).to(info.device)
     num_params = sum(p.numel() for p in model.parameters())
+    dtype = amp_dtype(config, info.device)
     ema = None
     if config.model_ema:
         from timm.utils import ModelEmaV3
         ema = ModelEmaV3(model, decay=config.model_ema_decay)
     train_model: nn.Module = model
-    if info.distributed:
+    if config.fsdp:
+        from torch.distributed.device_mesh import init_device_mesh
+
+        mesh = init_device_mesh(info.device.type, (info.world_size,))
+        # On the CPU, low-precision gathered copies gain nothing (the CPU kernels and gloo are not faster in
+        # them), so parameters stay fp32 there and autocast alone sets the compute dtype, as without FSDP.
+        param_dtype = dtype if info.device.type == "cuda" else None
+        fsdp.shard_model(model, mesh, param_dtype)
+        if ema is not None:
+            # The EMA copy is sharded exactly like the model (same mesh, same dim-0 chunks), so timm's update,
+            # an elementwise lerp over the state dicts, runs shard against shard on each process: no gathering
+            # per step and 1/world of the EMA memory, and since the lerp is elementwise it equals the unsharded
+            # EMA. The EMA is gathered whole only to be evaluated (forwards) and saved.
+            fsdp.shard_model(ema.module, mesh, param_dtype)
+    elif info.distributed:
         train_model = nn.parallel.DistributedDataParallel(
             model, device_ids=[info.device.index] if info.device.type == "cuda" else None)
 
     lr = config.resolved_lr()
-    optimizer = build_optimizer(model, config, lr)
+    optimizer = build_optimizer(model, config, lr)  # after sharding: FSDP replaces the parameters
     scheduler = build_scheduler(optimizer, config)
-    dtype = amp_dtype(config, info.device)
+    schedule = EpochSchedule(optimizer, scheduler)
     scaler = torch.amp.GradScaler(info.device.type) if dtype == torch.float16 else None
 
     mixup_fn = None
@@ -263,34 +330,41 @@ def _train(config: TrainConfig, output, resume, force: bool, progress: bool, inf
     partial = {"loss_sum": 0.0, "batches": 0, "skipped": 0, "images": 0, "seconds": 0.0}
     bad_streak = 0
     if saved is not None:
-        model.load_state_dict(saved["model"])
-        if ema is not None and "model_ema" in saved:
-            ema.module.load_state_dict(saved["model_ema"])
-        optimizer.load_state_dict(saved["optimizer"])
-        if saved["config"].get("epochs") == config.epochs:
-            scheduler.load_state_dict(saved["lr_scheduler"])
-        elif info.is_main:  # a longer (or shorter) run: the schedule is redrawn over the new length
+        if config.fsdp:
+            fsdp.load_model_state(model, saved["model"])
+            if ema is not None and "model_ema" in saved:
+                fsdp.load_model_state(ema.module, saved["model_ema"])
+            fsdp.load_optimizer_state(model, optimizer, saved["optimizer"])
+        else:
+            model.load_state_dict(saved["model"])
+            if ema is not None and "model_ema" in saved:
+                ema.module.load_state_dict(saved["model_ema"])
+            optimizer.load_state_dict(saved["optimizer"])
+        # The schedule is not loaded: it is rebuilt from the settings (EpochSchedule sets each epoch's lr from
+        # them), so a longer run or another lr redraws it.
+        if info.is_main and saved["config"].get("epochs") != config.epochs:
             print(f"note: the schedule now spans {config.epochs} epochs (the run had {saved['config'].get('epochs')})",
                   flush=True)
+        old = saved["config"]
+        old_lr = old["lr"] if old.get("lr") is not None else old["lr_base"] * old["batch_size"] / old["lr_base_size"]
+        if info.is_main and abs(old_lr - lr) > 1e-12 * max(abs(lr), abs(old_lr)):
+            print(f"note: the schedule now peaks at lr {lr:.3g} (the run had {old_lr:.3g})", flush=True)
         if scaler is not None and saved.get("scaler"):
             scaler.load_state_dict(saved["scaler"])
         start_epoch, start_step = saved["epoch"], saved["step_in_epoch"]
+        old_batch = saved["config"]["batch_size"]
+        if start_step and old_batch != config.batch_size:
+            # The images done, in whole batches of the new size: rounding down repeats under one batch of them.
+            start_step = start_step * old_batch // config.batch_size
         optimizer_steps = saved["optimizer_steps"]
         history, best, partial = saved["history"], saved["best"], saved["partial"]
         bad_streak = saved.get("bad_streak", 0)
-        rng = saved["rng"]
-        if len(rng) != info.world_size:
-            raise TrainingError(f"{resume_path} was written by {len(rng)} processes; resume it with as many "
-                                f"(this run has {info.world_size})")
-        ckpt.restore_rng(rng[info.rank])
-        scheduler.step(start_epoch)  # the lr of the epoch resumed in (the same value the run had there)
+        if len(saved["rng"]) == info.world_size:
+            ckpt.restore_rng(saved["rng"][info.rank])
+        else:  # no saved state belongs to this process: fresh draws, different from the first run's
+            seed_process(config.seed + info.rank + 1_000_003 * (optimizer_steps + 1))
     else:
-        torch.manual_seed(config.seed + info.rank)
-        import random
-
-        import numpy as np
-        random.seed(config.seed + info.rank)
-        np.random.seed(config.seed + info.rank)
+        seed_process(config.seed + info.rank)
 
     config_dump = {**config.to_dict(), "resolved": {
         "lr": lr, "num_classes": num_classes, "classes": train_source.classes[:1000], "world_size": info.world_size,
@@ -315,24 +389,36 @@ def _train(config: TrainConfig, output, resume, force: bool, progress: bool, inf
               f"{'fp32' if dtype is None else config_dump['resolved']['amp_dtype']} on {info.device}"
               f"{f' x {info.world_size} processes' if info.distributed else ''}; output {folder}", flush=True)
 
-    def save(path_name: str, epoch: int, step: int) -> None:
-        """Every process hands over its random state; the main one writes the file."""
+    def save(path_name: str, epoch: int, step: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
+        """Every process hands over its random state (and under FSDP its shards); the main one writes the file.
+
+        Returns the model's and the EMA's full state dicts on the main process (empty elsewhere under FSDP).
+        """
         rng_states = gather_objects(ckpt.capture_rng(), info)
+        if config.fsdp:
+            weights = fsdp.full_model_state(model)
+            ema_weights = fsdp.full_model_state(ema.module) if ema is not None else None
+            optimizer_state = fsdp.full_optimizer_state(model, optimizer)
+        else:
+            weights = model.state_dict()
+            ema_weights = ema.module.state_dict() if ema is not None else None
+            optimizer_state = optimizer.state_dict() if info.is_main else {}
         if not info.is_main:
-            return
+            return weights, ema_weights
         state = {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "lr_scheduler": scheduler.state_dict(),
+            "model": weights,
+            "optimizer": optimizer_state,
+            "lr_scheduler": scheduler.state_dict() if scheduler is not None else None,
             "scaler": scaler.state_dict() if scaler is not None else None,
             "epoch": epoch, "step_in_epoch": step, "optimizer_steps": optimizer_steps,
             "history": history, "best": best, "partial": partial, "bad_streak": bad_streak,
             "rng": rng_states, "config": config.to_dict(), "num_classes": num_classes,
             "classes": train_source.classes, "vimamba": __version__,
         }
-        if ema is not None:
-            state["model_ema"] = ema.module.state_dict()
+        if ema_weights is not None:
+            state["model_ema"] = ema_weights
         ckpt.atomic_save(state, folder / path_name)
+        return weights, ema_weights
 
     params = [p for p in model.parameters() if p.requires_grad]
     for epoch in range(start_epoch, config.epochs):
@@ -342,7 +428,7 @@ def _train(config: TrainConfig, output, resume, force: bool, progress: bool, inf
         train_sampler.set_epoch(epoch, start=first * local_batch)
         train_loader = loader(train_set, train_sampler, local_batch, True, epoch)
         train_model.train()
-        epoch_lr = optimizer.param_groups[0]["lr"]
+        epoch_lr = schedule.start_epoch(epoch)
         bar = tqdm(total=steps_per_epoch * config.batch_size, initial=first * config.batch_size, unit="img",
                    desc=f"epoch {epoch + 1}/{config.epochs}", disable=not (progress and info.is_main),
                    file=sys.stderr, dynamic_ncols=True, unit_scale=False)
@@ -366,6 +452,8 @@ def _train(config: TrainConfig, output, resume, force: bool, progress: bool, inf
                     scaler.unscale_(optimizer)
                 grad_norm = torch.nn.utils.clip_grad_norm_(
                     params, config.clip_grad if config.clip_grad else float("inf"))
+                if hasattr(grad_norm, "full_tensor"):  # sharded gradients give a DTensor norm (the global one)
+                    grad_norm = grad_norm.full_tensor()
                 if scaler is not None:  # fp16: on inf/NaN gradients the scaler skips the step and lowers its scale
                     scale = scaler.get_scale()
                     scaler.step(optimizer)
@@ -412,7 +500,7 @@ def _train(config: TrainConfig, output, resume, force: bool, progress: bool, inf
         bar.close()
         partial["seconds"] += time.time() - tick
 
-        # Evaluate (raw model, and the EMA beside it), then move the schedule to the next epoch.
+        # Evaluate (raw model, and the EMA beside it).
         eval_model = model
         val = evaluate(eval_model, loader(val_set, val_sampler, local_batch, False, 0), info, dtype,
                        progress=progress)
@@ -427,23 +515,22 @@ def _train(config: TrainConfig, output, resume, force: bool, progress: bool, inf
                                desc="eval EMA", progress=progress)
             row.update(ema_val_loss=ema_val["loss"], ema_val_top1=ema_val["top1"], ema_val_top5=ema_val["top5"])
         history.append(row)
-        scheduler.step(epoch + 1)
         is_best = val["top1"] > best["val_top1"]
         if is_best:
             best = {"val_top1": val["top1"], "val_top5": val["top5"], "epoch": epoch + 1}
         partial = {"loss_sum": 0.0, "batches": 0, "skipped": 0, "images": 0, "seconds": 0.0}
-        save(ckpt.LAST, epoch + 1, 0)
+        weights, ema_weights = save(ckpt.LAST, epoch + 1, 0)
         if info.is_main:
-            ckpt.atomic_save_safetensors(model.state_dict(), folder / "last.safetensors")
-            if ema is not None:
-                ckpt.atomic_save_safetensors(ema.module.state_dict(), folder / "last_ema.safetensors")
+            ckpt.atomic_save_safetensors(weights, folder / "last.safetensors")
+            if ema_weights is not None:
+                ckpt.atomic_save_safetensors(ema_weights, folder / "last_ema.safetensors")
             if is_best:
                 # The best checkpoint is the complete last one of this epoch (a hard link would do on most disks).
                 import shutil
                 tmp = folder / f".{ckpt.BEST}.tmp"
                 shutil.copyfile(folder / ckpt.LAST, tmp)
                 os.replace(tmp, folder / ckpt.BEST)
-                ckpt.atomic_save_safetensors(model.state_dict(), folder / "best.safetensors")
+                ckpt.atomic_save_safetensors(weights, folder / "best.safetensors")
             write_metrics(history, folder)
             write_tensorboard(row, folder)
             plot_curves(history, folder / "learning_curves.png")
@@ -456,9 +543,9 @@ def _train(config: TrainConfig, output, resume, force: bool, progress: bool, inf
         barrier(info)
 
     if start_epoch >= config.epochs:  # nothing left to train (e.g. resumed into another folder): keep a last.pth
-        save(ckpt.LAST, start_epoch, start_step)
+        weights, _ = save(ckpt.LAST, start_epoch, start_step)
         if info.is_main:
-            ckpt.atomic_save_safetensors(model.state_dict(), folder / "last.safetensors")
+            ckpt.atomic_save_safetensors(weights, folder / "last.safetensors")
 
     final = history[-1] if history else {}
     summary = {
