@@ -12,13 +12,9 @@ stopped, mid-epoch included. Several processes: torchrun --nproc_per_node=N -m v
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import typing
 from typing import Any
 
-from timm.utils import ParseKwargs
-
-from .common import CLIError
+from .common import CLIError, add_dataclass_arguments, dataclass_overrides
 
 NAME = "train"
 HELP = "train a Vim (default: a small one on the built-in digits, a few minutes on the CPU)"
@@ -44,14 +40,6 @@ SHORT = {"batch_size": "-b", "model": "-m", "workers": "-j"}
 SKIP = {"preset"}
 
 
-def _optional_float(text: str) -> float | None:
-    return None if text.lower() in ("none", "null") else float(text)
-
-
-def _optional_str(text: str) -> str | None:
-    return None if text.lower() in ("none", "null", "") else text
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from ..train.config import PRESETS, TrainConfig
 
@@ -68,38 +56,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     settings = parser.add_argument_group("settings (default: the preset's; see config.yaml of a run)")
-    hints = typing.get_type_hints(TrainConfig)
-    defaults = TrainConfig()
-    for f in dataclasses.fields(TrainConfig):
-        if f.name in SKIP:
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        names = [SHORT[f.name], flag] if f.name in SHORT else [flag]
-        hint = hints[f.name]
-        kwargs: dict[str, Any] = dict(dest=f.name, default=argparse.SUPPRESS, help=HELPS.get(f.name))
-        current = getattr(defaults, f.name)
-        if f.name == "model_kwargs":
-            kwargs.update(nargs="*", action=ParseKwargs, metavar="KEY=VALUE",
-                          help="model constructor arguments, e.g. depth=12 embed_dim=256")
-        elif hint is bool:
-            kwargs.update(action=argparse.BooleanOptionalAction)
-        elif isinstance(current, tuple):
-            kwargs.update(type=float, nargs=len(current), metavar="X")
-        elif hint in (float, float | None):
-            kwargs.update(type=_optional_float if hint != float else float, metavar="X")
-        elif hint in (int, int | None):
-            kwargs.update(type=int, metavar="N")
-        else:
-            kwargs.update(type=_optional_str if f.name in ("aa", "initial_checkpoint", "device") else str,
-                          metavar="VALUE")
-        settings.add_argument(*names, **kwargs)
+    add_dataclass_arguments(settings, TrainConfig, HELPS, SHORT, SKIP)
 
 
 def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
     from ..train.config import TrainConfig
 
-    names = {f.name for f in dataclasses.fields(TrainConfig)} - SKIP
-    return {k: v for k, v in vars(args).items() if k in names}
+    return dataclass_overrides(args, TrainConfig, SKIP)
 
 
 def run(args: argparse.Namespace) -> int:

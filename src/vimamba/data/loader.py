@@ -87,11 +87,19 @@ class EpochSampler(Sampler):
 
 
 class SeededTransformDataset(Dataset):
-    """Items of an ``ImageSource`` through ``transform``, with python/numpy/torch seeded per item."""
+    """Items of an ``ImageSource`` through ``transform``, with python/numpy/torch seeded per item.
 
-    def __init__(self, source: ImageSource, transform: Callable):
+    ``joint=True`` hands the transform the target too, ``transform(image, target) -> (image, target)``, for
+    targets that must move with the image (segmentation masks).
+    """
+
+    def __init__(self, source: ImageSource, transform: Callable, joint: bool = False):
         self.source = source
         self.transform = transform
+        self.joint = joint
+
+    def _apply(self, image, target):
+        return self.transform(image, target) if self.joint else (self.transform(image), target)
 
     def __len__(self) -> int:
         return len(self.source)
@@ -100,14 +108,14 @@ class SeededTransformDataset(Dataset):
         index, seed = key if isinstance(key, tuple) else (key, None)
         image, target = self.source.load(index)
         if seed is None:
-            return self.transform(image), target
+            return self._apply(image, target)
         py_state, np_state = random.getstate(), np.random.get_state()
         try:
             random.seed(seed)
             np.random.seed(seed & 0xFFFFFFFF)
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
-                return self.transform(image), target
+                return self._apply(image, target)
         finally:
             random.setstate(py_state)
             np.random.set_state(np_state)

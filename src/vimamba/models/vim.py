@@ -249,14 +249,19 @@ class VisionMamba(
         stop_early: bool = False,
         output_fmt: str = "NCHW",
         intermediates_only: bool = False,
+        mixer_output: bool = False,
     ):
         """Forward that also returns the residual stream after the chosen blocks, as timm's ViT does.
 
         Block i's intermediate is the stream its successor would normalise: ``residual + output``.
-        ``norm=True`` applies the final RMSNorm to each. The class token is split off as a prefix token.
+        ``norm=True`` applies the final RMSNorm to each. ``mixer_output=True`` returns instead what block i
+        adds to the stream, its mixer output before any drop path (the reference's segmentation backbone
+        takes these). The class token is split off as a prefix token.
         """
         if output_fmt not in ("NCHW", "NLC"):
             raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
+        if mixer_output and norm:
+            raise ValueError("norm=True normalises the residual stream; it does not combine with mixer_output=True")
         take_indices, max_index = feature_take_indices(len(self.layers), indices)
         height, width = x.shape[-2:]
         batch = x.shape[0]
@@ -267,7 +272,10 @@ class VisionMamba(
         for i, block in enumerate(layers):
             hidden, residual = self._run_block(block, hidden, residual)
             if i in take_indices:
-                intermediates.append(self._final_norm(hidden, residual) if norm else residual + hidden)
+                if mixer_output:
+                    intermediates.append(hidden)
+                else:
+                    intermediates.append(self._final_norm(hidden, residual) if norm else residual + hidden)
 
         prefix_tokens = None
         if self.has_class_token:

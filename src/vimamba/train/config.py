@@ -148,10 +148,6 @@ def preset_names() -> list[str]:
     return list(PRESETS)
 
 
-def _field_types() -> dict[str, Any]:
-    return {f.name: f for f in fields(TrainConfig)}
-
-
 def _coerce(name: str, value: Any, current: Any) -> Any:
     """A YAML/command-line value in the type the field has (tuples from lists, floats from ints)."""
     if value is None:
@@ -170,7 +166,7 @@ def _coerce(name: str, value: Any, current: Any) -> Any:
 
 
 def apply_overrides(config: TrainConfig, overrides: dict[str, Any], source: str) -> TrainConfig:
-    known = _field_types()
+    known = {f.name for f in fields(config)}  # any settings dataclass: the segmentation config uses this too
     for key, value in overrides.items():
         key = key.replace("-", "_")
         if key not in known:
