@@ -118,4 +118,6 @@ def test_scan_custom_op_passes_opcheck():
     A = (-torch.rand(6, 4) - 0.5).requires_grad_(True)
     Bm, Cm = torch.randn(2, 4, 11, requires_grad=True), torch.randn(2, 4, 11, requires_grad=True)
     D, bias = torch.randn(6, requires_grad=True), torch.randn(6, requires_grad=True)
-    torch.library.opcheck(triton_scan._scan_fwd_op, (u, dt, A, Bm, Cm, D, z, bias, True, True, True, True))
+    torch.library.opcheck(triton_scan._scan_fwd_op, (u, dt, A, Bm, Cm, D, z, bias, True, True, True, True, None))
+    add = torch.randn(2, 11, 6).transpose(1, 2).requires_grad_(True)  # time-major, as the mixer passes it
+    torch.library.opcheck(triton_scan._scan_fwd_op, (u, dt, A, Bm, Cm, D, z, bias, True, True, True, True, add))

@@ -193,3 +193,21 @@ def test_reverse_equals_flipped_forward():
     x, w = torch.randn(2, 3, 8), torch.randn(3, 4)
     torch.testing.assert_close(causal_conv1d_ref(x, w, None, "silu", reverse=True),
                                causal_conv1d_ref(x.flip(-1), w, None, "silu").flip(-1))
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+def test_scan_add_is_summed_before_one_rounding(reverse):
+    """add= gives scan + add, rounded once to u's dtype (exact sum in float64; one bf16 rounding)."""
+    u, delta, A, B, C, D, z, delta_bias = (t.double() if t is not None else None
+                                           for t in make_scan_inputs(2, 4, 3, 9))
+    add = torch.randn(2, 4, 9, dtype=torch.float64)
+    y = selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, True, reverse=reverse)
+    y_add = selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, True, reverse=reverse, add=add)
+    torch.testing.assert_close(y_add, y + add, rtol=1e-12, atol=1e-12)
+    y_bf16 = selective_scan_ref(u.bfloat16(), delta, A, B, C, D, z, delta_bias, True, reverse=reverse,
+                                add=add.bfloat16())
+    want = (selective_scan_ref(u.bfloat16().float(), delta, A, B, C, D, z, delta_bias, True, reverse=reverse)
+            + add.bfloat16().float()).bfloat16()
+    torch.testing.assert_close(y_bf16, want, rtol=1e-2, atol=1e-2)
+    with pytest.raises(ValueError, match="add must have u's shape"):
+        selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, True, add=add[..., :5])

@@ -295,3 +295,50 @@ def test_full_size_gpu(dtype, reverse):
 @gpu
 def test_full_size_gpu_length_contiguous():
     _compare(8, 384, 16, 6085, torch.bfloat16, dict(delta_softplus=True, reverse=True), ALL, seed=4, ref_batch=8)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# add=: the other branch's output summed into the scan's output inside the kernel
+# ------------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("cfg", [None, dict(fwd=(2, 4, 1, 1, 4, 2, 2), bwd=(1, 4, 1, 1, 4, 2, 8))],
+                         ids=["default-tile", "two-ahead"])
+def test_add_is_summed_before_rounding(reverse, dtype, cfg, monkeypatch):
+    """out = scan(...) + add, rounded once; add's gradient is the output's; the other gradients as without."""
+    if cfg is not None:
+        monkeypatch.setattr(triton_scan, "_CONFIG_OVERRIDE", cfg)
+    inputs = _inputs(2, 6, 4, 13, dtype, time_major=True, seed=3)
+    g = torch.Generator().manual_seed(9)
+    add = torch.randn(2, 13, 6, generator=g).to(DEVICE, dtype).transpose(1, 2).requires_grad_(True)
+    dout = torch.randn(2, 6, 13, generator=g).to(DEVICE, dtype)
+    mine = _leaves(inputs, ALL)
+    y = selective_scan_triton(**mine, delta_softplus=True, reverse=reverse, add=add)
+    names = [k for k, v in mine.items() if v is not None]
+    grads = torch.autograd.grad(y, [mine[k] for k in names] + [add], dout)
+
+    ref = {k: v.detach().float().requires_grad_(True) for k, v in mine.items() if v is not None}
+    add_ref = add.detach().float().requires_grad_(True)
+    y_ref = selective_scan_ref(**ref, delta_softplus=True, reverse=reverse, add=add_ref)
+    grads_ref = torch.autograd.grad(y_ref, [ref[k] for k in names] + [add_ref], dout.float())
+    assert y.dtype == dtype
+    _check("out", y, y_ref, dtype)
+    for name, got, want in zip(names + ["add"], grads, grads_ref):
+        _check(f"grad {name}", got, want, dtype)
+    assert grads[-1].dtype == dtype
+
+
+def test_add_alone_requires_grad():
+    """Only add asks for a gradient: the forward saves no states and the backward still answers."""
+    inputs = _inputs(1, 4, 4, 7, torch.float32)
+    add = torch.randn(1, 4, 7, device=DEVICE, requires_grad=True)
+    y = selective_scan_triton(**inputs, delta_softplus=True, add=add)
+    (grad,) = torch.autograd.grad(y, [add], torch.ones_like(y))
+    assert torch.equal(grad, torch.ones_like(add))
+
+
+def test_add_shape_mismatch_is_named():
+    inputs = _inputs(1, 4, 4, 7, torch.float32)
+    with pytest.raises(ValueError, match="add must have u's shape"):
+        selective_scan_triton(**inputs, add=torch.zeros(1, 4, 6, device=DEVICE))

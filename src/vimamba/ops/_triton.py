@@ -11,6 +11,7 @@ never ``tl.sum`` / ``tl.sigmoid`` / ``tl.zeros`` / ``tl.cdiv``: those are themse
 as compiled or interpreted when triton is imported, and the interpreter refuses the compiled ones.
 """
 
+import functools
 import os
 
 import torch
@@ -40,5 +41,10 @@ def autotune_enabled() -> bool:
 def num_sms(device: torch.device) -> int:
     """Streaming multiprocessors of a CUDA device (4 stands in for the interpreter on the CPU)."""
     if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
+        return _cuda_sm_count(device.index if device.index is not None else torch.cuda.current_device())
     return 4
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_sm_count(index: int) -> int:  # asked once per kernel launch: keep it off the launch path
+    return torch.cuda.get_device_properties(index).multi_processor_count

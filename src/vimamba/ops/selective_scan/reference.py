@@ -22,6 +22,16 @@ import torch.nn.functional as F
 __all__ = ["selective_scan_ref", "check_scan_inputs"]
 
 
+def check_scan_add(u: torch.Tensor, add: torch.Tensor | None) -> None:
+    """``add`` must be a floating tensor of u's shape."""
+    if add is None:
+        return
+    if add.shape != u.shape:
+        raise ValueError(f"add must have u's shape {tuple(u.shape)}, got {tuple(add.shape)}")
+    if not add.is_floating_point():
+        raise ValueError(f"add must be a floating-point tensor, got {add.dtype}")
+
+
 def check_scan_inputs(u, delta, A, B, C, D=None, z=None, delta_bias=None) -> None:
     """Raise a ValueError that names the offending argument when shapes do not fit together."""
     if u.dim() != 3:
@@ -76,21 +86,26 @@ def selective_scan_ref(
     delta_softplus: bool = False,
     return_last_state: bool = False,
     reverse: bool = False,
+    *,
+    add: torch.Tensor | None = None,
 ):
     """Selective scan in plain PyTorch, differentiable by autograd.
 
     ``reverse=True`` scans from the last step to the first (Vim's backward branch); it equals flipping
-    every time-indexed input, scanning, and flipping the output back.
+    every time-indexed input, scanning, and flipping the output back. ``add`` (u's shape, any float dtype)
+    is added to the output before its single rounding to u's dtype: Vim's backward branch adds the forward
+    branch's output this way.
 
     Vectorised over batch, channels and state; the only Python loop is over time, because each step
     depends on the one before. Per step it does two element-wise ops on a (batch, dim, state) tensor,
     which keeps both the time and the memory that autograd saves linear in the length.
     """
     check_scan_inputs(u, delta, A, B, C, D, z, delta_bias)
+    check_scan_add(u, add)
     if reverse:
         flip = lambda t: t if t is None or t.dim() == 2 else t.flip(-1)  # noqa: E731
         out = selective_scan_ref(flip(u), flip(delta), A, flip(B), flip(C), D, flip(z), delta_bias,
-                                 delta_softplus, return_last_state)
+                                 delta_softplus, return_last_state, add=flip(add))
         return (out[0].flip(-1), out[1]) if return_last_state else out.flip(-1)
     out_dtype = u.dtype
     dim = u.shape[1]
@@ -124,5 +139,7 @@ def selective_scan_ref(
         y = y + u_f * D.to(acc)[None, :, None]
     if z is not None:
         y = y * F.silu(z.to(acc))
+    if add is not None:
+        y = y + add.to(acc)
     y = y.to(out_dtype)
     return (y, state) if return_last_state else y

@@ -4,7 +4,9 @@
 return_last_state=False, reverse=False)`` has the semantics of ``selective_scan_ref`` for B and C of shape
 (batch, state, length); other B/C shapes (and fp64 inputs) raise ``NotImplementedError`` (the dispatcher
 sends those to the reference). ``reverse=True`` scans from the last step to the first: the kernels walk time
-backwards, nothing is flipped or copied. It is a ``torch.autograd.Function``: gradients reach u, delta, A, B,
+backwards, nothing is flipped or copied. ``add=`` (u's shape) is added to the output inside the kernel,
+before its one rounding: Vim's backward branch adds the forward branch's output there instead of in a
+separate pass. It is a ``torch.autograd.Function``: gradients reach u, delta, A, B,
 C, D, z and delta_bias (each optional one when given), and flow back from the returned last state too.
 
 Recurrence (per batch b, channel d, state n; ``dt`` is ``delta + delta_bias``, softplus'ed if asked)::
@@ -63,7 +65,7 @@ from typing import List, Optional, Tuple
 
 import torch
 
-from .reference import check_scan_inputs
+from .reference import check_scan_add, check_scan_inputs
 
 from .._triton import HAS_TRITON, num_sms, tl, triton
 
@@ -89,17 +91,19 @@ _sum_comb = tl.standard._sum_combine if HAS_TRITON else None
 # ----------------------------------------------------------------------------------------------------------
 
 def _scan_fwd_kernel(
-    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
+    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, add_ptr,
     out_ptr, last_ptr, hs_ptr,
     dim, nstate, L, n_chunks, n_hs, never,
     s_ub, s_ud, s_ul,
     s_tb, s_td, s_tl,
     s_zb, s_zd, s_zl,
+    s_ab, s_ad, s_al,
     s_Bb, s_Bn, s_Bl,
     s_Cb, s_Cn, s_Cl,
     s_ob, s_od, s_ol,
-    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    REVERSE: tl.constexpr, FAST_EXP: tl.constexpr, STORE_HS: tl.constexpr, STORE_LAST: tl.constexpr,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_ADD: tl.constexpr,
+    SOFTPLUS: tl.constexpr,
+    REVERSE: tl.constexpr, STORE_HS: tl.constexpr, STORE_LAST: tl.constexpr,
     HS_EVERY: tl.constexpr,
     EVEN_D: tl.constexpr, EVEN_N: tl.constexpr, PAD: tl.constexpr,
     T: tl.constexpr, NR: tl.constexpr, DR: tl.constexpr, W: tl.constexpr, NL: tl.constexpr, DL: tl.constexpr,
@@ -142,12 +146,14 @@ def _scan_fwd_kernel(
     u_off = d_x * s_ud
     t_off = d_x * s_td
     z_off = d_x * s_zd
+    a_off = d_x * s_ad
     o_off = d_x * s_od
     B_off = n_x * s_Bn
     C_off = n_x * s_Cn
     u_b = u_ptr + pid_b * s_ub
     t_b = dt_ptr + pid_b * s_tb
     z_b = z_ptr + pid_b * s_zb
+    a_b = add_ptr + pid_b * s_ab
     o_b = out_ptr + pid_b * s_ob
     B_b = B_ptr + pid_b * s_Bb
     C_b = C_ptr + pid_b * s_Cb
@@ -173,12 +179,16 @@ def _scan_fwd_kernel(
     dt_n = tl.load(t_b + tt * s_tl + t_off, mask=m_d, other=0.0)
     if HAS_Z:
         z_n = tl.load(z_b + tt * s_zl + z_off, mask=m_d, other=0.0)
+    if HAS_ADD:
+        a_n = tl.load(a_b + tt * s_al + a_off, mask=m_d, other=0.0)
     if AHEAD == 2:  # a second chunk in flight: twice the bytes in flight at the same code size
         tt = tl.minimum(tl.maximum((c + sgn) * T + it, 0), L - 1)
         u_nn = tl.load(u_b + tt * s_ul + u_off, mask=m_d, other=0.0)
         dt_nn = tl.load(t_b + tt * s_tl + t_off, mask=m_d, other=0.0)
         if HAS_Z:
             z_nn = tl.load(z_b + tt * s_zl + z_off, mask=m_d, other=0.0)
+        if HAS_ADD:
+            a_nn = tl.load(a_b + tt * s_al + a_off, mask=m_d, other=0.0)
 
     h = tl.full([1, NR, DR, W, NL, DL], 0.0, tl.float32)
     for _i in range(0, n_chunks):
@@ -192,6 +202,8 @@ def _scan_fwd_kernel(
         dt = dt_n.to(tl.float32)
         if HAS_Z:
             zz = z_n.to(tl.float32)
+        if HAS_ADD:
+            addv = a_n.to(tl.float32)
         c_nx = c + sgn
         c_far = c + sgn * AHEAD
         tt = tl.minimum(tl.maximum(c_far * T + it, 0), L - 1)
@@ -203,11 +215,16 @@ def _scan_fwd_kernel(
             if HAS_Z:
                 z_n = z_nn
                 z_nn = tl.load(z_b + tt * s_zl + z_off, mask=m_d, other=0.0)
+            if HAS_ADD:
+                a_n = a_nn
+                a_nn = tl.load(a_b + tt * s_al + a_off, mask=m_d, other=0.0)
         else:
             u_n = tl.load(u_b + tt * s_ul + u_off, mask=m_d, other=0.0)
             dt_n = tl.load(t_b + tt * s_tl + t_off, mask=m_d, other=0.0)
             if HAS_Z:
                 z_n = tl.load(z_b + tt * s_zl + z_off, mask=m_d, other=0.0)
+            if HAS_ADD:
+                a_n = tl.load(a_b + tt * s_al + a_off, mask=m_d, other=0.0)
         tn = tl.minimum(tl.maximum(c_far * T + lane_t, 0), L - 1)
         touch += tl.load(B_b + tn * s_Bl + lane_n * s_Bn).to(tl.float32)
         touch += tl.load(C_b + tn * s_Cl + lane_n * s_Cn).to(tl.float32)
@@ -247,12 +264,7 @@ def _scan_fwd_kernel(
             C_j = tl.load(C_b + tj * s_Cl + C_off, mask=m_n, other=0.0).to(tl.float32)
             dt_j = tl.reduce(tl.where(it == j, dt, -0.0), 0, _sum_comb, keep_dims=True)
             du_j = tl.reduce(tl.where(it == j, du, -0.0), 0, _sum_comb, keep_dims=True)
-            if FAST_EXP:
-                a_j = tl.inline_asm_elementwise("ex2.approx.ftz.f32 $0, $1;", "=f,f", [dt_j * A2],
-                                                dtype=tl.float32, is_pure=True, pack=1)
-            else:
-                a_j = tl.exp2(dt_j * A2)
-            h = a_j * h + du_j * B_j
+            h = tl.exp2(dt_j * A2) * h + du_j * B_j
             y_j = tl.reduce(tl.reduce(h * C_j, 1, _sum_comb, keep_dims=True), 4, _sum_comb, keep_dims=True)
             y = tl.where(it == j, y_j, y)
         if HAS_D:
@@ -260,6 +272,8 @@ def _scan_fwd_kernel(
         if HAS_Z:
             y = y * zz / (1.0 + tl.exp2(-zz * 1.4426950408889634))
         y = y + tl.full([1, 1, 1, 1, NL, 1], 0.0, tl.float32)
+        if HAS_ADD:  # Vim's two branches summed here, before the one rounding, not in another pass
+            y = y + addv
         tl.store(o_b + (t0 + it) * s_ol + o_off, y.to(out_ptr.dtype.element_ty), mask=m_dt)
         c = c_nx
 
@@ -283,7 +297,7 @@ def _scan_bwd_kernel(
     s_xb, s_xd, s_xl,
     s_pp, s_pb, s_pn, s_pl,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    REVERSE: tl.constexpr, FAST_EXP: tl.constexpr, HAS_DLAST: tl.constexpr, ATOMIC_BC: tl.constexpr,
+    REVERSE: tl.constexpr, HAS_DLAST: tl.constexpr, ATOMIC_BC: tl.constexpr,
     EVEN_D: tl.constexpr, EVEN_N: tl.constexpr, PAD: tl.constexpr, K: tl.constexpr, TA: tl.constexpr,
     T: tl.constexpr, NR: tl.constexpr, DR: tl.constexpr, W: tl.constexpr, NL: tl.constexpr, DL: tl.constexpr,
 ):
@@ -417,12 +431,7 @@ def _scan_bwd_kernel(
                 B_j = tl.load(B_b + tl.minimum(t0 + j, L - 1) * s_Bl, mask=m_n, other=0.0).to(tl.float32)
                 dt_j = tl.reduce(tl.where(ita == j, dt, -0.0), 0, _sum_comb, keep_dims=True)
                 du_j = tl.reduce(tl.where(ita == j, du, -0.0), 0, _sum_comb, keep_dims=True)
-                if FAST_EXP:
-                    a_j = tl.inline_asm_elementwise("ex2.approx.ftz.f32 $0, $1;", "=f,f", [dt_j * A2],
-                                                    dtype=tl.float32, is_pure=True, pack=1)
-                else:
-                    a_j = tl.exp2(dt_j * A2)
-                h = a_j * h + du_j * B_j
+                h = tl.exp2(dt_j * A2) * h + du_j * B_j
             ka = ka_nx
 
         # Phase B: the chunks of T steps of the segment in reverse scan order, tiles loaded one chunk ahead
@@ -478,11 +487,7 @@ def _scan_bwd_kernel(
                 gy = g * zz * sig
             else:
                 gy = g
-            if FAST_EXP:
-                a = tl.inline_asm_elementwise("ex2.approx.ftz.f32 $0, $1;", "=f,f", [dt * A2],
-                                              dtype=tl.float32, is_pure=True, pack=1)
-            else:
-                a = tl.exp2(dt * A2)
+            a = tl.exp2(dt * A2)
 
             # forward through the chunk: states (kept as hb = a[t] h[t-1] = h[t] - b[t]), dC, and dz
             hb = tl.full([T, NR, DR, W, NL, DL], 0.0, tl.float32)
@@ -634,7 +639,9 @@ def _config(kind: str, dim: int, nstate: int, length: int, interp: bool, rows_pe
         return (1, bn // nl, 1, 1, nl, 32 // nl, 32)
     nl = 1 << max(0, round(math.log2(384.0 / rows)))
     nl = min(nl, 16, bn)
-    return (1 if nl == 1 else 2, bn // nl, 1, 2 if nl == 2 else 1, nl, 32 // nl)
+    # long sequences: a second chunk of inputs in flight (-11% at batch 64, -4% at 8, length 6085; +9% at 197)
+    ahead = 2 if length >= 1024 else 1
+    return (1 if nl == 1 else 2, bn // nl, 1, 2 if nl == 2 else 1, nl, 32 // nl, ahead)
 
 
 def _check_tile(T, NR, DR, W, NL, DL, nstate):
@@ -647,15 +654,6 @@ def _check_tile(T, NR, DR, W, NL, DL, nstate):
         raise ValueError(f"tile {(T, NR, DR, W, NL, DL)} covers {NR * NL} states, fewer than {nstate}")
 
 
-def _fast_exp(interp: bool) -> bool:
-    """The decay exp2 as PTX ``ex2.approx.ftz.f32``: one MUFU instruction, where ``tl.exp2`` also rescales
-    inputs that would give subnormal results (dt * A < -126: a decay below 1e-38, flushed to 0 here). GPU
-    only: the interpreter cannot run inline PTX and keeps ``tl.exp2``."""
-    if interp:
-        return False
-    return not (_CONFIG_OVERRIDE and _CONFIG_OVERRIDE.get("fast_exp") is False)
-
-
 def _atomic_bc() -> bool:
     return bool(_CONFIG_OVERRIDE and _CONFIG_OVERRIDE.get("atomic_bc"))
 
@@ -664,7 +662,7 @@ def _atomic_bc() -> bool:
 # Launchers
 # ----------------------------------------------------------------------------------------------------------
 
-def _launch_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, want_last, want_hs):
+def _launch_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, want_last, want_hs, add=None):
     batch, dim, length = u.shape
     nstate = A.shape[1]
     fwd, _, interp = _get_kernels()
@@ -689,18 +687,21 @@ def _launch_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, want_las
     hs = torch.empty((batch, n_hs, dim, nstate), device=dev, dtype=torch.float32) if want_hs else None
     zz = z if z is not None else u
     grid = (triton.cdiv(dim, DR * W * DL), batch)
+    aa = add if add is not None else u
     fwd[grid](
-        u, delta, A, B, C, D if D is not None else A, zz, delta_bias if delta_bias is not None else A,
+        u, delta, A, B, C, D if D is not None else A, zz, delta_bias if delta_bias is not None else A, aa,
         out, last if last is not None else A, hs if hs is not None else A,
         dim, nstate, length, n_chunks, n_hs, 0,
         u.stride(0), u.stride(1), u.stride(2),
         delta.stride(0), delta.stride(1), delta.stride(2),
         zz.stride(0), zz.stride(1), zz.stride(2),
+        aa.stride(0), aa.stride(1), aa.stride(2),
         B.stride(0), B.stride(1), B.stride(2),
         C.stride(0), C.stride(1), C.stride(2),
         out.stride(0), out.stride(1), out.stride(2),
-        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(softplus),
-        REVERSE=bool(reverse), FAST_EXP=_fast_exp(interp), STORE_HS=bool(want_hs), STORE_LAST=bool(want_last),
+        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, HAS_ADD=add is not None,
+        SOFTPLUS=bool(softplus),
+        REVERSE=bool(reverse), STORE_HS=bool(want_hs), STORE_LAST=bool(want_last),
         HS_EVERY=seg // T,
         EVEN_D=dim % (DR * W * DL) == 0, EVEN_N=nstate == NR * NL, PAD=length % T != 0,
         T=T, NR=NR, DR=DR, W=W, NL=NL, DL=DL, AHEAD=ahead, num_warps=W,
@@ -770,7 +771,7 @@ def _launch_bwd(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, hs, chun
         du.stride(0), du.stride(1), du.stride(2),
         0 if atomic else dB_part.stride(0), dB_part.stride(1), dB_part.stride(3), dB_part.stride(2),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(softplus),
-        REVERSE=bool(reverse), FAST_EXP=_fast_exp(interp), HAS_DLAST=dlast is not None, ATOMIC_BC=atomic,
+        REVERSE=bool(reverse), HAS_DLAST=dlast is not None, ATOMIC_BC=atomic,
         EVEN_D=dim % (DR * W * DL) == 0, EVEN_N=nstate == NR * NL, PAD=length % (T * K) != 0, K=K, TA=TA,
         T=T, NR=NR, DR=DR, W=W, NL=NL, DL=DL, num_warps=W,
     )
@@ -801,16 +802,17 @@ def _time_major(batch: int, dim: int, length: int, like: torch.Tensor, dtype: to
 @torch.library.custom_op("vimamba::selective_scan_fwd", mutates_args=())
 def _scan_fwd_op(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
                  D: Optional[torch.Tensor], z: Optional[torch.Tensor], delta_bias: Optional[torch.Tensor],
-                 softplus: bool, reverse: bool, want_last: bool,
-                 want_hs: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                 softplus: bool, reverse: bool, want_last: bool, want_hs: bool,
+                 add: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     with _on_device(u):
-        out, last, hs, _ = _launch_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, want_last, want_hs)
+        out, last, hs, _ = _launch_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, want_last, want_hs,
+                                       add)
     return out, last if last is not None else u.new_empty(0, dtype=torch.float32), \
         hs if hs is not None else u.new_empty(0, dtype=torch.float32)
 
 
 @_scan_fwd_op.register_fake
-def _scan_fwd_fake(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, want_last, want_hs):
+def _scan_fwd_fake(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, want_last, want_hs, add):
     batch, dim, length = u.shape
     nstate = A.shape[1]
     last = u.new_empty((batch, dim, nstate) if want_last else (0,), dtype=torch.float32)
@@ -849,14 +851,18 @@ def _scan_bwd_fake(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, hs, d
 
 
 def _scan_setup_context(ctx, inputs, output):
-    u, delta, A, B, C, D, z, delta_bias, softplus, reverse, want_last, want_hs = inputs
+    u, delta, A, B, C, D, z, delta_bias, softplus, reverse, want_last, want_hs, add = inputs
     ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, output[2])
     ctx.softplus, ctx.reverse, ctx.want_last = softplus, reverse, want_last
+    ctx.add_dtype = add.dtype if add is not None else None
     ctx.set_materialize_grads(False)
 
 
 def _scan_backward(ctx, dout, dlast, _dhs):
     u, delta, A, B, C, D, z, delta_bias, hs = ctx.saved_tensors
+    dadd = dout.to(ctx.add_dtype) if ctx.add_dtype is not None and dout is not None else None  # out = y + add
+    if not any(ctx.needs_input_grad[:8]):  # only add asked for a gradient (no states were saved)
+        return (None,) * 12 + (dadd,)
     if hs.numel() == 0:
         raise RuntimeError("selective_scan_triton: the forward ran without saving states for a backward")
     if dout is None:
@@ -866,7 +872,7 @@ def _scan_backward(ctx, dout, dlast, _dhs):
     du, ddelta, dA, dB, dC, dD, dz, dbias = _scan_bwd_op(
         u, delta, A, B, C, D, z, delta_bias, ctx.softplus, ctx.reverse, hs, dout, dlast)
     return (du, ddelta, dA, dB, dC, dD if D is not None else None, dz if z is not None else None,
-            dbias if delta_bias is not None else None, None, None, None, None)
+            dbias if delta_bias is not None else None, None, None, None, None, dadd)
 
 
 _scan_fwd_op.register_autograd(_scan_backward, setup_context=_scan_setup_context)
@@ -884,6 +890,8 @@ def selective_scan_triton(
     delta_softplus: bool = False,
     return_last_state: bool = False,
     reverse: bool = False,
+    *,
+    add: Optional[torch.Tensor] = None,
 ):
     """Selective scan with Triton kernels; same arguments and result as ``selective_scan_ref``.
 
@@ -894,12 +902,13 @@ def selective_scan_triton(
     if not HAS_TRITON:
         raise RuntimeError("selective_scan_triton needs the triton package")
     check_scan_inputs(u, delta, A, B, C, D, z, delta_bias)
+    check_scan_add(u, add)
     if B.dim() != 3 or C.dim() != 3:
         raise NotImplementedError(
             "selective_scan_triton handles input-dependent B and C of shape (batch, state, length) only; "
             f"got B {tuple(B.shape)}, C {tuple(C.shape)} (use selective_scan_ref for time-invariant or grouped B/C)")
     ok = (torch.float32, torch.float16, torch.bfloat16)
-    for name, t in (("u", u), ("delta", delta), ("B", B), ("C", C), ("z", z)):
+    for name, t in (("u", u), ("delta", delta), ("B", B), ("C", C), ("z", z), ("add", add)):
         if t is not None and t.dtype not in ok:
             raise NotImplementedError(f"selective_scan_triton takes fp32, fp16 or bf16 {name}, got {t.dtype}")
     if not u.is_cuda and not _interpret_mode():
@@ -911,12 +920,14 @@ def selective_scan_triton(
     delta_bias = delta_bias.to(torch.float32).contiguous() if delta_bias is not None else None
     if u.numel() == 0:
         out = torch.empty_like(u, memory_format=torch.contiguous_format)
+        if add is not None:
+            out = out + add  # keeps autograd's connection to add
         last = u.new_zeros((u.shape[0], u.shape[1], A.shape[1]), dtype=torch.float32)
         return (out, last) if return_last_state else out
     tensors = (u, delta, A, B, C, D, z, delta_bias)
     want_hs = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
     out, last, _ = _scan_fwd_op(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus), bool(reverse),
-                                bool(return_last_state), want_hs)
+                                bool(return_last_state), want_hs, add)
     return (out, last) if return_last_state else out
 
 
