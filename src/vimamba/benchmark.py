@@ -147,7 +147,7 @@ def run_case(case: BenchCase, dtype: torch.dtype, device: torch.device, min_ms: 
     except Exception as err:  # noqa: BLE001 - one failing case must not lose the rest of the table
         result.error = f"{type(err).__name__}: {err}"[:300]
     finally:
-        del model
+        model = None  # the step closures share this cell: the model is released before the next case
         torch.cuda.empty_cache()
     return result
 

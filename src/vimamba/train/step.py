@@ -1,4 +1,5 @@
-"""One optimiser step guarded against non-finite values, for training loops other than ``trainer.py``'s.
+"""One optimiser step guarded against non-finite values, shared by the classification, segmentation and
+detection training loops.
 
 The rule is the classification loop's: a step is skipped on every process when any process has a
 non-finite loss (DistributedDataParallel needs all processes or none to run backward), and skipped when the
@@ -26,6 +27,8 @@ def guarded_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, params: l
     if scaler is not None:
         scaler.unscale_(optimizer)
     grad_norm = torch.nn.utils.clip_grad_norm_(params, clip_grad if clip_grad else float("inf"))
+    if hasattr(grad_norm, "full_tensor"):  # sharded (FSDP2) gradients give a DTensor norm: the global one
+        grad_norm = grad_norm.full_tensor()
     if scaler is not None:
         scale = scaler.get_scale()
         scaler.step(optimizer)

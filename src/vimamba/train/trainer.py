@@ -34,6 +34,7 @@ from .distributed import (DistInfo, all_reduce_max, all_reduce_sum, barrier, bro
                           init_distributed)
 from .metrics import plot_curves, write_metrics, write_tensorboard
 from .optim import EpochSchedule, build_optimizer, build_scheduler
+from .step import guarded_step
 
 __all__ = ["TrainingError", "train", "run_folder_holds_run", "default_output", "evaluate", "build_eval_transform"]
 
@@ -441,31 +442,8 @@ def _train(config: TrainConfig, output, resume, force: bool, progress: bool, inf
             with torch.autocast(info.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
                 output_ = train_model(images)
                 loss = compute_loss(criterion, output_, targets)
-            # Skip the step on every process if any has a non-finite loss (DDP needs all or none to backward).
-            bad = torch.tensor([0.0 if torch.isfinite(loss.detach()).all() else 1.0], device=info.device)
-            all_reduce_sum(bad, info)
-            skipped = bad.item() > 0
-            optimizer.zero_grad(set_to_none=True)
-            if not skipped:
-                (scaler.scale(loss) if scaler is not None else loss).backward()
-                if scaler is not None:
-                    scaler.unscale_(optimizer)
-                grad_norm = torch.nn.utils.clip_grad_norm_(
-                    params, config.clip_grad if config.clip_grad else float("inf"))
-                if hasattr(grad_norm, "full_tensor"):  # sharded gradients give a DTensor norm (the global one)
-                    grad_norm = grad_norm.full_tensor()
-                if scaler is not None:  # fp16: on inf/NaN gradients the scaler skips the step and lowers its scale
-                    scale = scaler.get_scale()
-                    scaler.step(optimizer)
-                    scaler.update()
-                    skipped = scaler.get_scale() < scale
-                    optimizer_steps += 0 if skipped else 1
-                elif torch.isfinite(grad_norm):
-                    optimizer.step()
-                    optimizer_steps += 1
-                else:
-                    skipped = True
-                    optimizer.zero_grad(set_to_none=True)
+            skipped = guarded_step(loss, optimizer, params, info, scaler, config.clip_grad)
+            optimizer_steps += 0 if skipped else 1
             if skipped:
                 bad_streak += 1
                 partial["skipped"] += 1
