@@ -25,7 +25,7 @@ if ! "$py" -c "import torch, torchvision" 2>/dev/null; then
   "$py" -m pip install -q ${TORCH_SPEC:-$default_spec}
 fi
 
-if ! "$py" -c "import vimamba, pytest, sklearn, matplotlib" 2>/dev/null \
+if ! "$py" -c "import vimamba, pytest, sklearn, matplotlib, pycocotools" 2>/dev/null \
    || [ pyproject.toml -nt "$venv/.vimamba-installed" ]; then
   echo "bootstrap: installing vimamba[dev] (editable)"
   "$py" -m pip install -q -e ".[dev]"

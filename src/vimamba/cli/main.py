@@ -21,7 +21,7 @@ from .common import CLIError
 
 __all__ = ["SUBCOMMANDS", "build_parser", "main"]
 
-SUBCOMMANDS = ("info", "predict", "convert", "bench", "train", "eval", "seg")
+SUBCOMMANDS = ("info", "predict", "convert", "bench", "train", "eval", "seg", "det")
 
 # Failures that come from the user's input or environment: shown as one line, exit status 2. Anything else
 # is a bug and keeps its traceback. (BrokenPipeError, an OSError, is handled before these.)

@@ -21,7 +21,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models._features import feature_take_indices
 from huggingface_hub import PyTorchModelHubMixin
 
-from ..layers import StridedPatchEmbed, VimBlock, resample_mid_cls_pos_embed
+from ..layers import StridedPatchEmbed, VimBlock, VisionRope, resample_mid_cls_pos_embed
 from ..ops import add_rms_norm
 from .hub import load_hub_folder, save_hub_folder
 
@@ -54,6 +54,10 @@ class VisionMamba(
         residual_in_fp32: keep the residual stream in fp32 under mixed precision.
         dynamic_img_size: accept any image size, resampling the position embedding on the fly.
         symmetric_dt_init: give the backward branch's dt projection Mamba's init too (the reference does not).
+        rope: 2-D rotary position embedding (EVA-02's, on top of the absolute one) applied to the hidden states
+            entering every block, as the reference's ``if_rope`` (its detection backbone uses it).
+        rope_residual: rotate the residual stream before every block too (the reference's ``if_rope_residual``).
+        rope_pt_grid: side of the pretraining patch grid the rotary positions are scaled to (``pt_hw_seq_len``).
         weight_init: ``''`` for the reference init, ``'skip'`` to leave parameters as constructed.
     """
 
@@ -80,6 +84,9 @@ class VisionMamba(
         residual_in_fp32: bool = True,
         dynamic_img_size: bool = False,
         symmetric_dt_init: bool = False,
+        rope: bool = False,
+        rope_residual: bool = False,
+        rope_pt_grid: int = 14,
         weight_init: str = "",
     ):
         super().__init__()
@@ -118,6 +125,12 @@ class VisionMamba(
         self.norm_f = RmsNorm(embed_dim, eps=norm_eps)
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+
+        if rope_residual and not rope:
+            raise ValueError("rope_residual=True rotates the residual stream by the rotary embedding: it needs rope=True")
+        # No parameters or persistent buffers: the state dict stays the reference's, with or without rope.
+        self.rope = VisionRope(embed_dim, rope_pt_grid) if rope else None
+        self.rope_residual = rope_residual
 
         self.feature_info = [dict(module=f"layers.{i}", num_chs=embed_dim, reduction=stride) for i in range(depth)]
         if weight_init != "skip":
@@ -204,7 +217,18 @@ class VisionMamba(
             x = x + pos_embed
         return self.pos_drop(x)
 
-    def _run_block(self, block: nn.Module, hidden, residual):
+    def _rope_args(self, x: torch.Tensor) -> tuple[tuple[int, int], int | None] | None:
+        """The patch grid and class-token index the rotary embedding needs for images ``x`` (None without rope)."""
+        if self.rope is None:
+            return None
+        grid = self.patch_embed.dynamic_feat_size(tuple(x.shape[-2:]))
+        return grid, (grid[0] * grid[1]) // 2 if self.has_class_token else None
+
+    def _run_block(self, block: nn.Module, hidden, residual, rope_args=None):
+        if rope_args is not None:  # the reference rotates what enters each block, before the block's own add
+            hidden = self.rope(hidden, *rope_args)
+            if residual is not None and self.rope_residual:
+                residual = self.rope(residual, *rope_args)
         if self.grad_checkpointing and not torch.jit.is_scripting() and torch.is_grad_enabled():
             return checkpoint(block, hidden, residual, use_reentrant=False)
         return block(hidden, residual)
@@ -221,9 +245,10 @@ class VisionMamba(
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Images (B, C, H, W) to the normalised token sequence (B, T, D), class token included."""
+        rope_args = self._rope_args(x)
         hidden, residual = self._embed(x), None
         for block in self.layers:
-            hidden, residual = self._run_block(block, hidden, residual)
+            hidden, residual = self._run_block(block, hidden, residual, rope_args)
         return self._finish(hidden, residual)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
@@ -266,11 +291,12 @@ class VisionMamba(
         height, width = x.shape[-2:]
         batch = x.shape[0]
 
+        rope_args = self._rope_args(x)
         hidden, residual = self._embed(x), None
         layers = self.layers[: max_index + 1] if stop_early else self.layers
         intermediates = []
         for i, block in enumerate(layers):
-            hidden, residual = self._run_block(block, hidden, residual)
+            hidden, residual = self._run_block(block, hidden, residual, rope_args)
             if i in take_indices:
                 if mixer_output:
                     intermediates.append(hidden)
