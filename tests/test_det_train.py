@@ -114,3 +114,26 @@ def test_bad_input_gets_one_line_errors(tmp_path, capsys, coco):
     assert_one_line_error(code, err, "det eval", "none.pth")
     code, _, err = run_cli(capsys, "det", "eval", "--checkpoint", tmp_path / "none.pth")
     assert_one_line_error(code, err, "det eval", "--data DIR")
+
+
+def test_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path, capsys, coco):
+    from safetensors.torch import load_file
+
+    common = ["-b", "2", "--eval-interval", "2", "--eval-batch-size", "8"]
+    code, _, err = run_cli(capsys, *det_args(coco, tmp_path / "straight", "--iterations", "4", *common))
+    assert code == 0, err
+    code, _, err = run_cli(capsys, *det_args(coco, tmp_path / "stopped", "--iterations", "2", *common))
+    assert code == 0, err
+    code, _, err = run_cli(capsys, "det", "train", "--resume", tmp_path / "stopped", "--iterations", "4", "-j", "0",
+                           "--no-progress")
+    assert code == 0, err
+    straight = load_file(tmp_path / "straight" / "last.safetensors")
+    resumed = load_file(tmp_path / "stopped" / "last.safetensors")
+    assert straight.keys() == resumed.keys()
+    for key in straight:
+        torch.testing.assert_close(resumed[key], straight[key], rtol=0, atol=0, msg=key)
+    def scores(run):
+        rows = [json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+        return [(r["iteration"], r["train_loss"], r["bbox_AP"], r["segm_AP"]) for r in rows]
+
+    assert scores("stopped") == scores("straight")  # timings aside, the same rows
