@@ -279,3 +279,44 @@ def test_patch_embed_matmul_path_equals_conv(size):
     overlapping = StridedPatchEmbed(img_size=32, patch_size=16, stride=8, embed_dim=24)
     with pytest.raises(ValueError, match="overlap"):
         overlapping.embed_as_matmul(x)
+
+
+def test_inference_path_matches_autograd_path():
+    """Under no_grad the blocks take their inputs out of a list (released early) and the mixer's reverse scan
+    writes over the forward branch's output: the same logits and intermediates as with autograd on."""
+    torch.manual_seed(0)
+    model = timm.create_model("vim_tiny_patch16_224", img_size=64, depth=3, num_classes=7).eval()
+    x = torch.randn(2, 3, 64, 64)
+    want = model(x)
+    feats_want = model.forward_intermediates(x, indices=[0, 2], intermediates_only=True, mixer_output=True)
+    with torch.no_grad():
+        got = model(x)
+        feats = model.forward_intermediates(x, indices=[0, 2], intermediates_only=True, mixer_output=True)
+    torch.testing.assert_close(got, want.detach(), rtol=1e-6, atol=1e-6)
+    for f, fw in zip(feats, feats_want):
+        torch.testing.assert_close(f, fw.detach(), rtol=1e-6, atol=1e-6)
+
+
+def test_block_releases_its_inputs_before_the_mixer_runs():
+    """forward_state drops the previous output and stream once the new stream exists (peak memory)."""
+    import weakref
+
+    from vimamba.layers import VimBlock
+
+    block = VimBlock(16, d_state=4, expand=2).eval()
+    seen = {}
+    hidden, residual = torch.randn(1, 5, 16), torch.randn(1, 5, 16)
+    refs = weakref.ref(hidden), weakref.ref(residual)
+    real_mixer = block.mixer.forward
+
+    def mixer(normed):
+        seen["alive"] = [r() is not None for r in refs]
+        return real_mixer(normed)
+
+    block.mixer.forward = mixer
+    state = [hidden, residual]
+    del hidden, residual
+    with torch.no_grad():
+        block.forward_state(state)
+    assert seen["alive"] == [False, False]
+    assert len(state) == 2 and state[0].shape == (1, 5, 16) and state[1].dtype == torch.float32

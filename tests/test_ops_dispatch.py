@@ -121,3 +121,8 @@ def test_scan_custom_op_passes_opcheck():
     torch.library.opcheck(triton_scan._scan_fwd_op, (u, dt, A, Bm, Cm, D, z, bias, True, True, True, True, None))
     add = torch.randn(2, 11, 6).transpose(1, 2).requires_grad_(True)  # time-major, as the mixer passes it
     torch.library.opcheck(triton_scan._scan_fwd_op, (u, dt, A, Bm, Cm, D, z, bias, True, True, True, True, add))
+    with torch.no_grad():  # the inference variant writes into out (here: add itself, as the mixer does)
+        args = [t.detach() if isinstance(t, torch.Tensor) else t for t in (u, dt, A, Bm, Cm, D, z, bias)]
+        target = add.detach().clone()
+        torch.library.opcheck(triton_scan._scan_fwd_out_op, (*args, True, True, target, target),
+                              test_utils=("test_schema", "test_faketensor"))

@@ -342,3 +342,33 @@ def test_add_shape_mismatch_is_named():
     inputs = _inputs(1, 4, 4, 7, torch.float32)
     with pytest.raises(ValueError, match="add must have u's shape"):
         selective_scan_triton(**inputs, add=torch.zeros(1, 4, 6, device=DEVICE))
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+def test_out_receives_the_result_even_over_add(reverse):
+    """out= (inference) writes what the plain call returns, also when out is add itself (the mixer's use)."""
+    inputs = _inputs(2, 6, 4, 13, torch.bfloat16, time_major=True, seed=5)
+    add = torch.randn(2, 13, 6).to(DEVICE, torch.bfloat16).transpose(1, 2)
+    with torch.no_grad():
+        want = selective_scan_triton(**inputs, delta_softplus=True, reverse=reverse, add=add)
+        out = torch.full_like(add, float("nan"))
+        got = selective_scan_triton(**inputs, delta_softplus=True, reverse=reverse, add=add, out=out)
+        assert got is out and torch.equal(out, want)
+        in_place = add.clone()
+        selective_scan_triton(**inputs, delta_softplus=True, reverse=reverse, add=in_place, out=in_place)
+        assert torch.equal(in_place, want)
+        ref_out = torch.empty_like(add)
+        selective_scan_ref(**inputs, delta_softplus=True, reverse=reverse, add=add, out=ref_out)
+        _check("reference out", ref_out, want.float(), torch.bfloat16)
+
+
+def test_out_is_refused_where_it_cannot_serve():
+    inputs = _inputs(1, 4, 4, 7, torch.float32)
+    u = inputs["u"].clone().requires_grad_(True)
+    args = {**inputs, "u": u}
+    with pytest.raises(ValueError, match="out= is for inference"):
+        selective_scan_triton(**args, out=torch.empty_like(u))
+    with torch.no_grad(), pytest.raises(ValueError, match="out must be a torch.float32 tensor"):
+        selective_scan_triton(**inputs, out=torch.empty(1, 4, 7, dtype=torch.bfloat16, device=DEVICE))
+    with torch.no_grad(), pytest.raises(ValueError, match="return_last_state"):
+        selective_scan_ref(**inputs, return_last_state=True, out=torch.empty_like(inputs["u"]))

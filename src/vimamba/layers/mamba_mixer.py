@@ -80,9 +80,9 @@ class BiMambaMixer(nn.Module):
         with torch.no_grad():
             layer.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
 
-    def _branch(self, x, z, conv1d, x_proj, dt_proj, A_log, D, reverse, add=None):
+    def _branch(self, x, z, conv1d, x_proj, dt_proj, A_log, D, reverse, add=None, out=None):
         """One direction: conv + SiLU, input-dependent (dt, B, C), selective scan gated by silu(z), plus
-        ``add`` (the other branch's output) summed into the scan's output.
+        ``add`` (the other branch's output) summed into the scan's output, written into ``out`` if given.
 
         The backward branch runs the same ops from the end of the sequence (``reverse``) instead of on
         flipped copies, so its output is already in token order.
@@ -94,15 +94,16 @@ class BiMambaMixer(nn.Module):
         A = -torch.exp(A_log.float())
         return selective_scan_fn(
             u, delta, A, B.transpose(1, 2), C.transpose(1, 2), D.float(), z,
-            delta_bias=dt_proj.bias.float(), delta_softplus=True, reverse=reverse, add=add)
+            delta_bias=dt_proj.bias.float(), delta_softplus=True, reverse=reverse, add=add, out=out)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         xz = self.in_proj(hidden).transpose(1, 2)
         x, z = xz.chunk(2, dim=1)
         y_f = self._branch(x, z, self.conv1d, self.x_proj, self.dt_proj, self.A_log, self.D, reverse=False)
-        # the backward branch's scan adds y_f to its output as it writes it: no separate pass for the sum
+        # The backward branch's scan adds y_f to its output as it writes it: no separate pass for the sum.
+        # Without autograd it writes the sum over y_f itself: one (batch, length, dim) tensor fewer at the peak.
         y = self._branch(x, z, self.conv1d_b, self.x_proj_b, self.dt_proj_b, self.A_b_log, self.D_b, reverse=True,
-                         add=y_f)
+                         add=y_f, out=None if torch.is_grad_enabled() else y_f)
         if not self.divide_out:
             return self.out_proj(y.transpose(1, 2))
         # The halving of (y_f + y_b) rides on the output projection's weight (0.5 * W: exact, a 74k-element

@@ -224,14 +224,23 @@ class VisionMamba(
         grid = self.patch_embed.dynamic_feat_size(tuple(x.shape[-2:]))
         return grid, (grid[0] * grid[1]) // 2 if self.has_class_token else None
 
-    def _run_block(self, block: nn.Module, hidden, residual, rope_args=None):
+    def _run_block(self, block: nn.Module, state: list, rope_args=None) -> None:
+        """Block ``block`` on ``state = [hidden, residual]``, replaced by the block's outputs.
+
+        The stream travels in a list so that no frame here holds a block's inputs while it runs: without
+        autograd (which keeps them anyway) and module hooks (FSDP's, users'), the block releases them early.
+        """
         if rope_args is not None:  # the reference rotates what enters each block, before the block's own add
-            hidden = self.rope(hidden, *rope_args)
-            if residual is not None and self.rope_residual:
-                residual = self.rope(residual, *rope_args)
-        if self.grad_checkpointing and not torch.jit.is_scripting() and torch.is_grad_enabled():
-            return checkpoint(block, hidden, residual, use_reentrant=False)
-        return block(hidden, residual)
+            state[0] = self.rope(state[0], *rope_args)
+            if state[1] is not None and self.rope_residual:
+                state[1] = self.rope(state[1], *rope_args)
+        if torch.is_grad_enabled() or block._forward_hooks or block._forward_pre_hooks:
+            if self.grad_checkpointing and not torch.jit.is_scripting() and torch.is_grad_enabled():
+                state[:] = checkpoint(block, *state, use_reentrant=False)
+            else:
+                state[:] = block(*state)
+        else:
+            block.forward_state(state)
 
     def _final_norm(self, hidden: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
         """Add the last block's output to the stream and normalise (the sum alone once the norm is pruned)."""
@@ -246,10 +255,10 @@ class VisionMamba(
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Images (B, C, H, W) to the normalised token sequence (B, T, D), class token included."""
         rope_args = self._rope_args(x)
-        hidden, residual = self._embed(x), None
+        state = [self._embed(x), None]
         for block in self.layers:
-            hidden, residual = self._run_block(block, hidden, residual, rope_args)
-        return self._finish(hidden, residual)
+            self._run_block(block, state, rope_args)
+        return self._finish(*state)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         if self.global_pool == "token":
@@ -292,16 +301,16 @@ class VisionMamba(
         batch = x.shape[0]
 
         rope_args = self._rope_args(x)
-        hidden, residual = self._embed(x), None
+        state = [self._embed(x), None]
         layers = self.layers[: max_index + 1] if stop_early else self.layers
         intermediates = []
         for i, block in enumerate(layers):
-            hidden, residual = self._run_block(block, hidden, residual, rope_args)
+            self._run_block(block, state, rope_args)
             if i in take_indices:
                 if mixer_output:
-                    intermediates.append(hidden)
+                    intermediates.append(state[0])
                 else:
-                    intermediates.append(self._final_norm(hidden, residual) if norm else residual + hidden)
+                    intermediates.append(self._final_norm(*state) if norm else state[1] + state[0])
 
         prefix_tokens = None
         if self.has_class_token:
@@ -316,7 +325,7 @@ class VisionMamba(
             intermediates = list(zip(intermediates, prefix_tokens))
         if intermediates_only:
             return intermediates
-        return self._finish(hidden, residual), intermediates
+        return self._finish(*state), intermediates
 
     def prune_intermediate_layers(
         self,

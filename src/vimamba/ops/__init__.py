@@ -42,10 +42,12 @@ def selective_scan_fn(
     reverse: bool = False,
     *,
     add: torch.Tensor | None = None,
+    out: torch.Tensor | None = None,
     backend: str | None = None,
 ):
-    """mamba-ssm's ``selective_scan_fn`` (plus ``reverse``, and ``add``: a tensor of u's shape added to the
-    output before its rounding, fused into the kernel), on the chosen backend.
+    """mamba-ssm's ``selective_scan_fn`` (plus ``reverse``; ``add``: a tensor of u's shape added to the output
+    before its rounding, fused into the kernel; ``out``: inference only, a tensor of u's shape and dtype that
+    receives the output and may be ``add`` itself), on the chosen backend.
 
     The Triton kernels take input-dependent B and C of shape (batch, state, length); time-invariant or
     grouped B/C run on the reference under ``auto`` and raise under a forced ``triton``.
@@ -55,9 +57,9 @@ def selective_scan_fn(
         from .selective_scan.triton_scan import selective_scan_triton
 
         return selective_scan_triton(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state,
-                                     reverse, add=add)
+                                     reverse, add=add, out=out)
     return selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, reverse,
-                              add=add)
+                              add=add, out=out)
 
 
 def causal_conv1d_fn(

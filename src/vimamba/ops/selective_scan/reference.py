@@ -32,6 +32,19 @@ def check_scan_add(u: torch.Tensor, add: torch.Tensor | None) -> None:
         raise ValueError(f"add must be a floating-point tensor, got {add.dtype}")
 
 
+def check_scan_out(u: torch.Tensor, out: torch.Tensor | None, inputs, return_last_state: bool) -> None:
+    """``out`` must be u's shape and dtype, and is for inference only (nothing may need a gradient)."""
+    if out is None:
+        return
+    if out.shape != u.shape or out.dtype != u.dtype or out.device != u.device:
+        raise ValueError(f"out must be a {u.dtype} tensor of u's shape {tuple(u.shape)} on {u.device}, "
+                         f"got {out.dtype} {tuple(out.shape)} on {out.device}")
+    if return_last_state:
+        raise ValueError("out= writes the output only; it does not combine with return_last_state=True")
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs):
+        raise ValueError("out= is for inference: an input requires grad (run under torch.no_grad(), or drop out=)")
+
+
 def check_scan_inputs(u, delta, A, B, C, D=None, z=None, delta_bias=None) -> None:
     """Raise a ValueError that names the offending argument when shapes do not fit together."""
     if u.dim() != 3:
@@ -88,13 +101,14 @@ def selective_scan_ref(
     reverse: bool = False,
     *,
     add: torch.Tensor | None = None,
+    out: torch.Tensor | None = None,
 ):
     """Selective scan in plain PyTorch, differentiable by autograd.
 
     ``reverse=True`` scans from the last step to the first (Vim's backward branch); it equals flipping
     every time-indexed input, scanning, and flipping the output back. ``add`` (u's shape, any float dtype)
     is added to the output before its single rounding to u's dtype: Vim's backward branch adds the forward
-    branch's output this way.
+    branch's output this way. ``out`` (inference only) receives the result and is returned; it may be ``add``.
 
     Vectorised over batch, channels and state; the only Python loop is over time, because each step
     depends on the one before. Per step it does two element-wise ops on a (batch, dim, state) tensor,
@@ -102,6 +116,10 @@ def selective_scan_ref(
     """
     check_scan_inputs(u, delta, A, B, C, D, z, delta_bias)
     check_scan_add(u, add)
+    check_scan_out(u, out, (u, delta, A, B, C, D, z, delta_bias, add), return_last_state)
+    if out is not None:
+        return out.copy_(selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus, False, reverse,
+                                            add=add))
     if reverse:
         flip = lambda t: t if t is None or t.dim() == 2 else t.flip(-1)  # noqa: E731
         out = selective_scan_ref(flip(u), flip(delta), A, flip(B), flip(C), D, flip(z), delta_bias,

@@ -6,7 +6,7 @@ return_last_state=False, reverse=False)`` has the semantics of ``selective_scan_
 sends those to the reference). ``reverse=True`` scans from the last step to the first: the kernels walk time
 backwards, nothing is flipped or copied. ``add=`` (u's shape) is added to the output inside the kernel,
 before its one rounding: Vim's backward branch adds the forward branch's output there instead of in a
-separate pass. It is a ``torch.autograd.Function``: gradients reach u, delta, A, B,
+separate pass. ``out=`` (no autograd) writes the result into a given tensor, which may be ``add``. It is a ``torch.autograd.Function``: gradients reach u, delta, A, B,
 C, D, z and delta_bias (each optional one when given), and flow back from the returned last state too.
 
 Recurrence (per batch b, channel d, state n; ``dt`` is ``delta + delta_bias``, softplus'ed if asked)::
@@ -65,7 +65,7 @@ from typing import List, Optional, Tuple
 
 import torch
 
-from .reference import check_scan_add, check_scan_inputs
+from .reference import check_scan_add, check_scan_inputs, check_scan_out
 
 from .._triton import HAS_TRITON, num_sms, tl, triton
 
@@ -662,7 +662,7 @@ def _atomic_bc() -> bool:
 # Launchers
 # ----------------------------------------------------------------------------------------------------------
 
-def _launch_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, want_last, want_hs, add=None):
+def _launch_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, want_last, want_hs, add=None, out=None):
     batch, dim, length = u.shape
     nstate = A.shape[1]
     fwd, _, interp = _get_kernels()
@@ -681,8 +681,8 @@ def _launch_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, want_las
     n_chunks = triton.cdiv(length, T)
     n_hs = triton.cdiv(length, seg)
     dev = u.device
-    # written time-major, returned as a (batch, dim, length) view: lanes store consecutive channels
-    out = torch.empty((batch, length, dim), device=dev, dtype=u.dtype).transpose(1, 2)
+    if out is None:  # written time-major, returned as a (batch, dim, length) view: lanes store consecutive channels
+        out = torch.empty((batch, length, dim), device=dev, dtype=u.dtype).transpose(1, 2)
     last = torch.empty((batch, dim, nstate), device=dev, dtype=torch.float32) if want_last else None
     hs = torch.empty((batch, n_hs, dim, nstate), device=dev, dtype=torch.float32) if want_hs else None
     zz = z if z is not None else u
@@ -821,6 +821,22 @@ def _scan_fwd_fake(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, want_
     return _time_major(batch, dim, length, u, u.dtype), last, hs
 
 
+# Inference without a new output tensor: the result goes into ``out``, which may be ``add`` itself (each
+# element of add is read by the lanes that later store that element's output, a chunk or two before, so an
+# in-place sum is safe). Vim's mixer uses it under no_grad to keep one (batch, length, dim) tensor fewer alive.
+@torch.library.custom_op("vimamba::selective_scan_fwd_out", mutates_args=("out",))
+def _scan_fwd_out_op(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+                     D: Optional[torch.Tensor], z: Optional[torch.Tensor], delta_bias: Optional[torch.Tensor],
+                     softplus: bool, reverse: bool, add: Optional[torch.Tensor], out: torch.Tensor) -> None:
+    with _on_device(u):
+        _launch_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, False, False, add, out)
+
+
+@_scan_fwd_out_op.register_fake
+def _scan_fwd_out_fake(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, add, out):
+    return None
+
+
 @torch.library.custom_op("vimamba::selective_scan_bwd", mutates_args=())
 def _scan_bwd_op(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
                  D: Optional[torch.Tensor], z: Optional[torch.Tensor], delta_bias: Optional[torch.Tensor],
@@ -892,6 +908,7 @@ def selective_scan_triton(
     reverse: bool = False,
     *,
     add: Optional[torch.Tensor] = None,
+    out: Optional[torch.Tensor] = None,
 ):
     """Selective scan with Triton kernels; same arguments and result as ``selective_scan_ref``.
 
@@ -903,6 +920,7 @@ def selective_scan_triton(
         raise RuntimeError("selective_scan_triton needs the triton package")
     check_scan_inputs(u, delta, A, B, C, D, z, delta_bias)
     check_scan_add(u, add)
+    check_scan_out(u, out, (u, delta, A, B, C, D, z, delta_bias, add), return_last_state)
     if B.dim() != 3 or C.dim() != 3:
         raise NotImplementedError(
             "selective_scan_triton handles input-dependent B and C of shape (batch, state, length) only; "
@@ -918,6 +936,10 @@ def selective_scan_triton(
     A = A.to(torch.float32).contiguous()
     D = D.to(torch.float32).contiguous() if D is not None else None
     delta_bias = delta_bias.to(torch.float32).contiguous() if delta_bias is not None else None
+    if out is not None:
+        if u.numel():
+            _scan_fwd_out_op(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus), bool(reverse), add, out)
+        return out
     if u.numel() == 0:
         out = torch.empty_like(u, memory_format=torch.contiguous_format)
         if add is not None:
