@@ -30,7 +30,9 @@ USER_ERRORS = (CLIError, CheckpointError, FileNotFoundError, UnidentifiedImageEr
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="vimamba", description="Vision Mamba (Vim) for timm users: model info, prediction, conversion.")
+        prog="vimamba",
+        description="Vision Mamba (Vim) for timm users: models, training, evaluation, prediction, conversion, "
+                    "benchmarks, segmentation and detection.")
     parser.add_argument("--version", action="version", version=f"vimamba {__version__}")
     parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
