@@ -186,10 +186,10 @@ def test_detection_backbone_pyramid_from_the_last_stream():
         assert level.shape == (1, 32, 128 // stride, 128 // stride), name
         assert level.dtype == torch.float32
     with torch.no_grad():  # the pyramid reads residual + last block output, reshaped to the 8x8 grid
-        hidden, residual = vim._embed(x), None
-        args = vim._rope_args(x)
+        state, args = [vim._embed(x), None], vim._rope_args(x)
         for block in vim.layers:
-            hidden, residual = vim._run_block(block, hidden, residual, args)
+            vim._run_block(block, state, args)
+        hidden, residual = state
         grid = (residual + hidden).reshape(1, 8, 8, 64).permute(0, 3, 1, 2)
         torch.testing.assert_close(out["2"], backbone.pyramid(grid)["2"])
     with pytest.raises(ValueError, match="padded to 128x128"):
