@@ -14,19 +14,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import statistics
 import sys
-import time
 
 import torch
+from _timing import (add_timing_arguments, environment, param_millions, print_table, time_steps, training_step,
+                     write_results)
 
 from vimamba.det.config import resolve_det_config
 from vimamba.det.model import build_det_model, detection_loss
 from vimamba.det.optim import build_det_optimizer
 
 PRESETS = {"vim_tiny": "coco-vim-ti", "vim_small": "coco-vim-s"}
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
 
 
 def synthetic_batch(batch: int, size: int, objects: int, num_classes: int, generator: torch.Generator):
@@ -52,46 +50,11 @@ def measure(name: str, architecture: str, batch: int, size: int, warmup: int, it
     torch.manual_seed(0)
     model = build_det_model(config, num_classes).cuda().train()
     optimizer, scheduler = build_det_optimizer(model, config)
-    dtype = DTYPES[amp]
-    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
     images, targets = synthetic_batch(batch, size, objects, num_classes, torch.Generator().manual_seed(0))
-
-    def step() -> None:
-        with torch.autocast("cuda", dtype=dtype or torch.float32, enabled=dtype is not None):
-            loss = detection_loss(model(images, targets))
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
-        scheduler.step()
-
-    first = time.perf_counter()
-    for _ in range(warmup):
-        step()
-    torch.cuda.synchronize()
-    warmup_s = time.perf_counter() - first
-    torch.cuda.reset_peak_memory_stats()
-    events = [torch.cuda.Event(enable_timing=True) for _ in range(iters + 1)]
-    events[0].record()
-    for i in range(iters):
-        step()
-        events[i + 1].record()
-    torch.cuda.synchronize()
-    per_iter = [events[i].elapsed_time(events[i + 1]) / 1000 for i in range(iters)]
-    total = events[0].elapsed_time(events[-1]) / 1000
-    return {
-        "model": name, "preset": PRESETS[name], "architecture": architecture, "img_size": size, "batch": batch,
-        "amp": amp, "objects_per_image": objects,
-        "params_M": round(sum(p.numel() for p in model.parameters()) / 1e6, 3),
-        "it_per_s": iters / total, "img_per_s": iters * batch / total,
-        "median_iter_ms": 1000 * statistics.median(per_iter), "min_iter_ms": 1000 * min(per_iter),
-        "max_iter_ms": 1000 * max(per_iter), "peak_mem_gib": torch.cuda.max_memory_allocated() / 2 ** 30,
-        "warmup_iters": warmup, "warmup_s": warmup_s, "timed_iters": iters,
-    }
+    step = training_step(model, optimizer, scheduler, lambda: detection_loss(model(images, targets)), amp)
+    return {"model": name, "preset": PRESETS[name], "architecture": architecture, "img_size": size, "batch": batch,
+            "amp": amp, "objects_per_image": objects, "params_M": param_millions(model),
+            **time_steps(step, batch, warmup, iters)}
 
 
 def main(argv=None) -> int:
@@ -101,9 +64,7 @@ def main(argv=None) -> int:
                         default=["cascade_mask_rcnn"])
     parser.add_argument("--batch", type=int, default=2, help="images per GPU (ViTDet: 64 over 32 GPUs)")
     parser.add_argument("--size", type=int, default=1024)
-    parser.add_argument("--warmup", type=int, default=10, help="untimed iterations first (kernel compilation)")
-    parser.add_argument("--iters", type=int, default=50, help="timed iterations")
-    parser.add_argument("--amp", choices=list(DTYPES), default="bf16")
+    add_timing_arguments(parser)
     parser.add_argument("--num-classes", type=int, default=80)
     parser.add_argument("--objects", type=int, default=8, help="objects per image (COCO averages about 7)")
     parser.add_argument("--out", default=None, metavar="JSON", help="write the results here")
@@ -111,14 +72,9 @@ def main(argv=None) -> int:
     if not torch.cuda.is_available():
         print("det_train_speed: needs a CUDA GPU", file=sys.stderr)
         return 2
-    import timm
     import torchvision
 
-    from vimamba.ops import resolve_backend, triton_available
-
-    env = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "torchvision": torchvision.__version__,
-           "timm": timm.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
-           "triton": triton_available(), "backend": resolve_backend(torch.empty(0, device="cuda"))}
+    env = environment(torchvision=torchvision.__version__)
     print(json.dumps(env), flush=True)
     rows = []
     for name in args.models:
@@ -127,16 +83,9 @@ def main(argv=None) -> int:
                                 args.num_classes, args.objects))
             print(json.dumps(rows[-1]), flush=True)
             torch.cuda.empty_cache()
-    print(f"\nVim + R-CNN training, {args.size}x{args.size}, batch {args.batch}, {args.amp}, {env['device']}")
-    print(f"{'model':<10} {'architecture':<18} {'params':>8} {'it/s':>7} {'img/s':>7} {'ms/it (median)':>15} "
-          f"{'peak GiB':>9}")
-    for r in rows:
-        print(f"{r['model']:<10} {r['architecture']:<18} {r['params_M']:>7.2f}M {r['it_per_s']:>7.2f} "
-              f"{r['img_per_s']:>7.1f} {r['median_iter_ms']:>15.1f} {r['peak_mem_gib']:>9.2f}")
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump({"env": env, "rows": rows}, f, indent=2)
-            f.write("\n")
+    print_table(f"Vim + R-CNN training, {args.size}x{args.size}, batch {args.batch}, {args.amp}, {env['device']}",
+                rows, {"model": 10, "architecture": 18})
+    write_results(args.out, env, rows)
     return 0
 
 

@@ -17,7 +17,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .common import CLIError, add_dataclass_arguments, dataclass_overrides
+from .common import CLIError
+from .dense import (add_actions, add_checkpoint_arguments, add_device_arguments, add_predict_arguments,
+                    add_train_arguments, amp_dtype, evaluation_loader, model_on_device, predict_inputs,
+                    read_trained_run, rebuild_trained_model, run_train)
 
 NAME = "det"
 HELP = "object detection and instance segmentation with Vim + Cascade Mask R-CNN: train, eval, predict"
@@ -44,17 +47,12 @@ SKIP = {"preset"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter  # keep the examples above on their own lines
-    actions = parser.add_subparsers(dest="det_command", metavar="ACTION", required=True)
-    for name, helptext, add, run_fn in (
+    add_actions(parser, "det_command", [
         ("train", "train Vim + (Cascade) Mask R-CNN on COCO-format data", _train_arguments, _run_train),
         ("eval", "COCO box and mask AP (pycocotools) of a checkpoint", _eval_arguments, _run_eval),
         ("predict", "draw boxes, labels and masks on images; COCO-format JSON results", _predict_arguments,
          _run_predict),
-    ):
-        sub = actions.add_parser(name, help=helptext, description=helptext)
-        add(sub)
-        sub.set_defaults(_run=run_fn, _prog=sub.prog)  # errors then read "vimamba det train: error: ..."
+    ])
 
 
 def run(args: argparse.Namespace) -> int:
@@ -69,118 +67,41 @@ def run(args: argparse.Namespace) -> int:
 def _train_arguments(parser: argparse.ArgumentParser) -> None:
     from ..det.config import DET_PRESETS, DetConfig
 
-    group = parser.add_argument_group("run")
-    group.add_argument("--preset", default=None, metavar="NAME",
-                       help=f"one of {', '.join(DET_PRESETS)} (default: coco-vim-ti)")
-    group.add_argument("--config", default=None, metavar="YAML", help="settings file (keys as in config.yaml)")
-    group.add_argument("-o", "--output", default=None, metavar="DIR",
-                       help="run folder (default: runs/DATE-TIME-PRESET; a folder holding a run is not overwritten)")
-    group.add_argument("--resume", default=None, metavar="PATH", help="continue a run: its folder or a last.pth")
-    group.add_argument("--force", action="store_true", help="write over a run already in --output")
-    group.add_argument("--no-progress", action="store_true", help="no progress bars")
-    settings = parser.add_argument_group("settings (default: the preset's; see config.yaml of a run)")
-    add_dataclass_arguments(settings, DetConfig, HELPS, SHORT, SKIP)
+    add_train_arguments(parser, DET_PRESETS, "coco-vim-ti", DetConfig, HELPS, SHORT, SKIP)
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from ..data import DataError
     from ..det.config import DetConfig, resolve_det_config
     from ..det.train import TASK, train_det
-    from ..train import checkpoint as ckpt
-    from ..train.config import ConfigError
-    from ..train.trainer import TrainingError
 
-    overrides = dataclass_overrides(args, DetConfig, SKIP)
-    try:
-        if args.resume:
-            path = ckpt.resolve_resume_path(args.resume)
-            saved = ckpt.read_training_checkpoint(path)
-            if saved.get("task") != TASK:
-                raise CLIError(f"{path} is not a detection run's checkpoint; resume it with the command that wrote it")
-            if args.preset:
-                raise ConfigError("--preset cannot change on --resume (the run's saved config is used)")
-            config = resolve_det_config(yaml_path=args.config, overrides=overrides, base=saved["config"])
-            del saved
-        else:
-            config = resolve_det_config(args.preset, args.config, overrides)
-        train_det(config, output=args.output, resume=args.resume, force=args.force, progress=not args.no_progress)
-    except DataError as err:
-        raise CLIError(err.short()) from err
-    except (ConfigError, TrainingError) as err:
-        raise CLIError(str(err)) from err
-    return 0
+    return run_train(args, DetConfig, SKIP, resolve_det_config, train_det, TASK,
+                     "is not a detection run's checkpoint; resume it with the command that wrote it")
 
 
 # ---- loading a trained model -----------------------------------------------------------------------------------
 def _common_model_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, metavar="FILE",
-                        help="a `vimamba det train` checkpoint (last.pth/best.pth), or its .safetensors weights "
-                             "(the run's config.yaml is read from beside them, or from --config)")
-    parser.add_argument("--config", default=None, metavar="YAML", help="the run's config.yaml (for bare weights)")
+    add_checkpoint_arguments(parser, NAME)
     parser.add_argument("--score-thresh", type=float, default=None, metavar="X",
                         help="keep detections scoring at least X (default: the run's, 0.05)")
-    parser.add_argument("--device", default=None, metavar="DEVICE", help="cpu, cuda, cuda:1 ... (default: cuda if any)")
-    parser.add_argument("--amp", choices=("auto", "bf16", "fp16", "fp32"), default="auto",
-                        help="auto: bf16 on GPUs that have it, fp32 on the CPU")
+    add_device_arguments(parser)
 
 
 def load_trained(checkpoint: str, config_path: str | None, score_thresh: float | None = None):
     """(model with its weights, DetConfig, categories [{'id', 'name'}]) from a training checkpoint or bare weights
     + config.yaml."""
-    import yaml
-
     from ..det.config import resolve_det_config
     from ..det.model import build_det_model
     from ..det.train import TASK
-    from ..models import CheckpointError, read_checkpoint_file
-    from ..train.config import ConfigError
 
-    path = Path(checkpoint)
-    raw = read_checkpoint_file(path)
-    if "config" in raw and isinstance(raw.get("model"), dict):
-        if raw.get("task") != TASK:
-            raise CLIError(f"{path} is not a detection checkpoint; `vimamba det` needs one written by "
-                           f"`vimamba det train`")
-        saved_config, categories, state_dict = raw["config"], list(raw["categories"]), raw["model"]
-    else:
-        yaml_path = Path(config_path) if config_path else path.parent / "config.yaml"
-        if not yaml_path.is_file():
-            raise CLIError(f"{path} holds bare weights and there is no {yaml_path} beside it; pass the run's "
-                           f"config.yaml with --config")
-        try:
-            saved_config = yaml.safe_load(yaml_path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise CLIError(f"cannot parse {yaml_path}: {str(err).splitlines()[0]}") from err
-        resolved = saved_config.pop("resolved", None) or {}
-        if resolved.get("task") != TASK or "categories" not in resolved:
-            raise CLIError(f"{yaml_path} is not the config.yaml of a `vimamba det train` run")
-        categories, state_dict = list(resolved["categories"]), raw.get("model", raw)
+    path, saved_config, categories, state_dict = read_trained_run(checkpoint, config_path, TASK, NAME, "categories",
+                                                                  "is not a detection checkpoint")
     if score_thresh is not None:
         if not 0 <= score_thresh <= 1:
             raise CLIError(f"--score-thresh must be between 0 and 1, got {score_thresh}")
         saved_config = dict(saved_config, score_thresh=score_thresh)
-    try:
-        config = resolve_det_config(base=saved_config)
-    except ConfigError as err:
-        raise CLIError(f"the run's settings do not resolve: {err}") from err
-    model = build_det_model(config, len(categories), load_initial=False)
-    try:
-        model.load_state_dict(state_dict)
-    except RuntimeError as err:
-        first = str(err).splitlines()
-        raise CheckpointError(f"checkpoint {path} does not fit the model its config describes: "
-                              f"{'; '.join(s.strip() for s in first[:3])}") from err
-    return model.eval(), config, categories
-
-
-def _amp_dtype(choice: str, device):
-    import torch
-
-    if choice == "auto":
-        if device.type != "cuda":
-            return None
-        choice = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[choice]
+    model, config = rebuild_trained_model(path, saved_config, state_dict, len(categories), resolve_det_config,
+                                          build_det_model)
+    return model, config, categories
 
 
 # ---- eval -----------------------------------------------------------------------------------------------------
@@ -198,9 +119,7 @@ def _eval_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_eval(args: argparse.Namespace) -> int:
-    from torch.utils.data import DataLoader
-
-    from ..data import DataError, EpochSampler, SeededTransformDataset
+    from ..data import DataError, SeededTransformDataset
     from ..det.data import CocoSource, EvalTransform, collate, load_coco
     from ..det.train import evaluate_det
     from ..train.distributed import cleanup, init_distributed
@@ -224,11 +143,9 @@ def _run_eval(args: argparse.Namespace) -> int:
     try:
         model = model.to(info.device)
         dataset = SeededTransformDataset(CocoSource(data, train=False), EvalTransform(), joint=True)
-        sampler = EpochSampler(len(dataset), info.world_size, info.rank, shuffle=False, pad=False)
-        loader = DataLoader(dataset, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers,
-                            pin_memory=info.device.type == "cuda", collate_fn=collate)
+        loader = evaluation_loader(dataset, info, args.batch_size, args.workers, collate_fn=collate)
         try:
-            scores, results = evaluate_det(model, loader, info, _amp_dtype(args.amp, info.device), data,
+            scores, results = evaluate_det(model, loader, info, amp_dtype(args.amp, info.device), data,
                                            progress=not args.no_progress)
         except DataError as err:
             raise CLIError(err.short()) from err
@@ -252,12 +169,8 @@ def _run_eval(args: argparse.Namespace) -> int:
 
 # ---- predict --------------------------------------------------------------------------------------------------
 def _predict_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders of images")
-    parser.add_argument("-o", "--output", required=True, metavar="DIR",
-                        help="where NAME_det.png (drawn detections) and detections.json (COCO results) go")
-    _common_model_arguments(parser)
-    parser.add_argument("--opacity", type=float, default=0.5, metavar="X", help="mask colour opacity (0-1)")
-    parser.add_argument("--json", action="store_true", help="print the detections as JSON")
+    add_predict_arguments(parser, "where NAME_det.png (drawn detections) and detections.json (COCO results) go",
+                          _common_model_arguments, "mask colour opacity (0-1)", "print the detections as JSON")
 
 
 def _run_predict(args: argparse.Namespace) -> int:
@@ -267,26 +180,15 @@ def _run_predict(args: argparse.Namespace) -> int:
 
     from ..det.coco_eval import to_coco_results
     from ..seg.data import palette
-    from .common import resolve_device
-    from .predict import expand_images, load_image
+    from .predict import load_image
 
-    if not 0 <= args.opacity <= 1:
-        raise CLIError(f"--opacity must be between 0 and 1, got {args.opacity}")
-    paths = expand_images(args.images)
-    stems: dict[str, Path] = {}
-    for path in paths:
-        if path.stem in stems:
-            raise CLIError(f"two images are named {path.stem} ({stems[path.stem]} and {path}); their outputs would "
-                           f"overwrite each other: predict them into separate --output folders")
-        stems[path.stem] = path
+    paths = predict_inputs(args)
     model, config, categories = load_trained(args.checkpoint, args.config, args.score_thresh)
     label_to_category = {i + 1: c["id"] for i, c in enumerate(categories)}
     names = {i + 1: c["name"] for i, c in enumerate(categories)}
     category_names = {c["id"]: c["name"] for c in categories}
     colours = palette(len(categories) + 1)
-    device = resolve_device(args.device)
-    dtype = _amp_dtype(args.amp, device)
-    model = model.to(device)
+    model, device, dtype = model_on_device(model, args)
     out_dir = Path(args.output)
     out_dir.mkdir(parents=True, exist_ok=True)
     images_json: list[dict[str, Any]] = []

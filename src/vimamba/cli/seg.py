@@ -16,7 +16,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .common import CLIError, add_dataclass_arguments, dataclass_overrides
+from .common import CLIError
+from .dense import (add_actions, add_checkpoint_arguments, add_device_arguments, add_predict_arguments,
+                    add_train_arguments, amp_dtype, evaluation_loader, model_on_device, predict_inputs,
+                    read_trained_run, rebuild_trained_model, run_train)
 
 NAME = "seg"
 HELP = "semantic segmentation with Vim + UperNet: train, eval, predict"
@@ -43,16 +46,11 @@ SKIP = {"preset"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter  # keep the examples above on their own lines
-    actions = parser.add_subparsers(dest="seg_command", metavar="ACTION", required=True)
-    for name, helptext, add, run_fn in (
+    add_actions(parser, "seg_command", [
         ("train", "train Vim + UperNet on segmentation data", _train_arguments, _run_train),
         ("eval", "mIoU, mAcc, aAcc and per-class IoU of a checkpoint", _eval_arguments, _run_eval),
         ("predict", "colour overlays and index masks (PNG) for images", _predict_arguments, _run_predict),
-    ):
-        sub = actions.add_parser(name, help=helptext, description=helptext)
-        add(sub)
-        sub.set_defaults(_run=run_fn, _prog=sub.prog)  # errors then read "vimamba seg train: error: ..."
+    ])
 
 
 def run(args: argparse.Namespace) -> int:
@@ -63,116 +61,39 @@ def run(args: argparse.Namespace) -> int:
 def _train_arguments(parser: argparse.ArgumentParser) -> None:
     from ..seg.config import SEG_PRESETS, SegConfig
 
-    group = parser.add_argument_group("run")
-    group.add_argument("--preset", default=None, metavar="NAME",
-                       help=f"one of {', '.join(SEG_PRESETS)} (default: ade20k-vim-ti)")
-    group.add_argument("--config", default=None, metavar="YAML", help="settings file (keys as in config.yaml)")
-    group.add_argument("-o", "--output", default=None, metavar="DIR",
-                       help="run folder (default: runs/DATE-TIME-PRESET; a folder holding a run is not overwritten)")
-    group.add_argument("--resume", default=None, metavar="PATH", help="continue a run: its folder or a last.pth")
-    group.add_argument("--force", action="store_true", help="write over a run already in --output")
-    group.add_argument("--no-progress", action="store_true", help="no progress bars")
-    settings = parser.add_argument_group("settings (default: the preset's; see config.yaml of a run)")
-    add_dataclass_arguments(settings, SegConfig, HELPS, SHORT, SKIP)
+    add_train_arguments(parser, SEG_PRESETS, "ade20k-vim-ti", SegConfig, HELPS, SHORT, SKIP)
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from ..data import DataError
     from ..seg.config import SegConfig, resolve_seg_config
     from ..seg.train import TASK, train_seg
-    from ..train import checkpoint as ckpt
-    from ..train.config import ConfigError
-    from ..train.trainer import TrainingError
 
-    overrides = dataclass_overrides(args, SegConfig, SKIP)
-    try:
-        if args.resume:
-            path = ckpt.resolve_resume_path(args.resume)
-            saved = ckpt.read_training_checkpoint(path)
-            if saved.get("task") != TASK:
-                raise CLIError(f"{path} is not a segmentation run's checkpoint; resume it with `vimamba train`")
-            if args.preset:
-                raise ConfigError("--preset cannot change on --resume (the run's saved config is used)")
-            config = resolve_seg_config(yaml_path=args.config, overrides=overrides, base=saved["config"])
-            del saved
-        else:
-            config = resolve_seg_config(args.preset, args.config, overrides)
-        train_seg(config, output=args.output, resume=args.resume, force=args.force, progress=not args.no_progress)
-    except DataError as err:
-        raise CLIError(err.short()) from err
-    except (ConfigError, TrainingError) as err:
-        raise CLIError(str(err)) from err
-    return 0
+    return run_train(args, SegConfig, SKIP, resolve_seg_config, train_seg, TASK,
+                     "is not a segmentation run's checkpoint; resume it with `vimamba train`")
 
 
 # ---- loading a trained model -----------------------------------------------------------------------------------
 def _common_model_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, metavar="FILE",
-                        help="a `vimamba seg train` checkpoint (last.pth/best.pth), or its .safetensors weights "
-                             "(the run's config.yaml is read from beside them, or from --config)")
-    parser.add_argument("--config", default=None, metavar="YAML", help="the run's config.yaml (for bare weights)")
+    add_checkpoint_arguments(parser, NAME)
     parser.add_argument("--mode", choices=("slide", "whole"), default=None,
                         help="inference: sliding windows or the whole image (default: the run's eval_mode)")
     parser.add_argument("--stride", type=int, default=None, metavar="N", help="slide stride (default: the run's)")
     parser.add_argument("--img-scale", type=int, nargs=2, default=None, metavar=("LONG", "SHORT"),
                         help="rescale images to fit LONG x SHORT first (default: the run's img_scale)")
-    parser.add_argument("--device", default=None, metavar="DEVICE", help="cpu, cuda, cuda:1 ... (default: cuda if any)")
-    parser.add_argument("--amp", choices=("auto", "bf16", "fp16", "fp32"), default="auto",
-                        help="auto: bf16 on GPUs that have it, fp32 on the CPU")
+    add_device_arguments(parser)
 
 
 def load_trained(checkpoint: str, config_path: str | None):
     """(model with its weights, SegConfig, class names) from a training checkpoint or bare weights + config.yaml."""
-    import yaml
-
-    from ..models import CheckpointError, read_checkpoint_file
     from ..seg.config import resolve_seg_config
     from ..seg.model import build_seg_model
     from ..seg.train import TASK
-    from ..train.config import ConfigError
 
-    path = Path(checkpoint)
-    raw = read_checkpoint_file(path)
-    if "config" in raw and isinstance(raw.get("model"), dict):
-        if raw.get("task") != TASK:
-            raise CLIError(f"{path} is a classification checkpoint; `vimamba seg` needs one written by "
-                           f"`vimamba seg train`")
-        saved_config, classes, state_dict = raw["config"], list(raw["classes"]), raw["model"]
-    else:
-        yaml_path = Path(config_path) if config_path else path.parent / "config.yaml"
-        if not yaml_path.is_file():
-            raise CLIError(f"{path} holds bare weights and there is no {yaml_path} beside it; pass the run's "
-                           f"config.yaml with --config")
-        try:
-            saved_config = yaml.safe_load(yaml_path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise CLIError(f"cannot parse {yaml_path}: {str(err).splitlines()[0]}") from err
-        resolved = saved_config.pop("resolved", None) or {}
-        if resolved.get("task") != TASK or "classes" not in resolved:
-            raise CLIError(f"{yaml_path} is not the config.yaml of a `vimamba seg train` run")
-        classes, state_dict = list(resolved["classes"]), raw.get("model", raw)
-    try:
-        config = resolve_seg_config(base=saved_config)
-    except ConfigError as err:
-        raise CLIError(f"the run's settings do not resolve: {err}") from err
-    model = build_seg_model(config, len(classes), load_initial=False)
-    try:
-        model.load_state_dict(state_dict)
-    except RuntimeError as err:
-        first = str(err).splitlines()
-        raise CheckpointError(f"checkpoint {path} does not fit the model its config describes: "
-                              f"{'; '.join(s.strip() for s in first[:3])}") from err
-    return model.eval(), config, classes
-
-
-def _amp_dtype(choice: str, device):
-    import torch
-
-    if choice == "auto":
-        if device.type != "cuda":
-            return None
-        choice = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[choice]
+    path, saved_config, classes, state_dict = read_trained_run(checkpoint, config_path, TASK, NAME, "classes",
+                                                               "is a classification checkpoint")
+    model, config = rebuild_trained_model(path, saved_config, state_dict, len(classes), resolve_seg_config,
+                                          build_seg_model)
+    return model, config, classes
 
 
 # ---- eval -----------------------------------------------------------------------------------------------------
@@ -189,9 +110,7 @@ def _eval_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_eval(args: argparse.Namespace) -> int:
-    from torch.utils.data import DataLoader
-
-    from ..data import DataError, EpochSampler, SeededTransformDataset
+    from ..data import DataError, SeededTransformDataset
     from ..seg.data import SegEvalTransform, load_split
     from ..seg.train import evaluate_seg
     from ..train.distributed import cleanup, init_distributed
@@ -213,11 +132,9 @@ def _run_eval(args: argparse.Namespace) -> int:
     try:
         model = model.to(info.device)
         dataset = SeededTransformDataset(source, SegEvalTransform(img_scale, config.mean, config.std), joint=True)
-        sampler = EpochSampler(len(dataset), info.world_size, info.rank, shuffle=False, pad=False)
-        loader = DataLoader(dataset, batch_size=1, sampler=sampler, num_workers=args.workers,
-                            pin_memory=info.device.type == "cuda")
+        loader = evaluation_loader(dataset, info, 1, args.workers)
         try:
-            scores = evaluate_seg(model, loader, info, _amp_dtype(args.amp, info.device), classes, mode,
+            scores = evaluate_seg(model, loader, info, amp_dtype(args.amp, info.device), classes, mode,
                                   config.crop_size, stride, progress=not args.no_progress)
         except DataError as err:
             raise CLIError(err.short()) from err
@@ -247,12 +164,9 @@ def _run_eval(args: argparse.Namespace) -> int:
 
 # ---- predict --------------------------------------------------------------------------------------------------
 def _predict_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders of images")
-    parser.add_argument("-o", "--output", required=True, metavar="DIR",
-                        help="where NAME_mask.png (class index per pixel) and NAME_overlay.png go")
-    _common_model_arguments(parser)
-    parser.add_argument("--opacity", type=float, default=0.5, metavar="X", help="overlay colour opacity (0-1)")
-    parser.add_argument("--json", action="store_true", help="print what was written, with class areas, as JSON")
+    add_predict_arguments(parser, "where NAME_mask.png (class index per pixel) and NAME_overlay.png go",
+                          _common_model_arguments, "overlay colour opacity (0-1)",
+                          "print what was written, with class areas, as JSON")
 
 
 def _run_predict(args: argparse.Namespace) -> int:
@@ -264,24 +178,13 @@ def _run_predict(args: argparse.Namespace) -> int:
 
     from ..seg.data import SegEvalTransform, palette
     from ..seg.inference import predict
-    from .common import resolve_device
-    from .predict import expand_images, load_image
+    from .predict import load_image
 
-    if not 0 <= args.opacity <= 1:
-        raise CLIError(f"--opacity must be between 0 and 1, got {args.opacity}")
-    paths = expand_images(args.images)
-    stems: dict[str, Path] = {}
-    for path in paths:
-        if path.stem in stems:
-            raise CLIError(f"two images are named {path.stem} ({stems[path.stem]} and {path}); their outputs would "
-                           f"overwrite each other: predict them into separate --output folders")
-        stems[path.stem] = path
+    paths = predict_inputs(args)
     model, config, classes = load_trained(args.checkpoint, args.config)
     if len(classes) > 256:
         raise CLIError(f"{len(classes)} classes do not fit an 8-bit index mask")
-    device = resolve_device(args.device)
-    dtype = _amp_dtype(args.amp, device)
-    model = model.to(device)
+    model, device, dtype = model_on_device(model, args)
     mode = args.mode or config.eval_mode
     stride = args.stride or config.slide_stride
     if not 1 <= stride <= config.crop_size:

@@ -13,11 +13,11 @@ from typing import Callable, Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .datasets import ImageSource
 
-__all__ = ["EpochSampler", "SeededTransformDataset", "aug_seed"]
+__all__ = ["EpochSampler", "SeededTransformDataset", "aug_seed", "epoch_loader"]
 
 _MASK = (1 << 63) - 1
 _M64 = (1 << 64) - 1
@@ -119,3 +119,13 @@ class SeededTransformDataset(Dataset):
         finally:
             random.setstate(py_state)
             np.random.set_state(np_state)
+
+
+def epoch_loader(dataset, sampler: Sampler, batch_size: int, *, drop_last: bool, seed: int, epoch: int, workers: int,
+                 pin_memory: bool, collate_fn: Callable | None = None) -> DataLoader:
+    """A ``DataLoader`` over ``sampler`` for one epoch, with its own generator seeded from (seed, epoch): the
+    workers' seeds never draw on the global random state, so resuming does not shift it."""
+    generator = torch.Generator()
+    generator.manual_seed(seed * 7919 + epoch)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last, num_workers=workers,
+                      pin_memory=pin_memory, persistent_workers=False, generator=generator, collate_fn=collate_fn)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..train.config import ConfigError, apply_overrides, read_yaml
+from ..train.config import ConfigError, check_all, layer_settings, make_whole_numbers
 from .model import ARCHITECTURES
 
 __all__ = ["DET_PRESETS", "DetConfig", "resolve_det_config", "BEST_METRICS"]
@@ -138,23 +138,8 @@ _INT_TUPLES = ("anchor_sizes", "lr_steps")
 def resolve_det_config(preset: str | None = None, yaml_path: str | Path | None = None,
                        overrides: dict[str, Any] | None = None, base: dict[str, Any] | None = None) -> DetConfig:
     """Preset (or a saved config ``base``), then the YAML file, then explicit overrides; checked."""
-    file_values = read_yaml(yaml_path) if yaml_path else {}
-    file_values.pop("resolved", None)
-    if base is not None:
-        config = apply_overrides(DetConfig(), base, "saved config")
-        config.preset = base.get("preset", config.preset)
-    else:
-        name = preset or file_values.get("preset") or "coco-vim-ti"
-        if name not in DET_PRESETS:
-            raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(DET_PRESETS)}")
-        config = DET_PRESETS[name]()
-    apply_overrides(config, file_values, str(yaml_path))
-    apply_overrides(config, overrides or {}, "command line")
-    for key in _INT_TUPLES:  # the shared coercion reads number lists as floats; these are sizes and iterations
-        value = getattr(config, key)
-        if any(float(v) != int(v) for v in value):
-            raise ConfigError(f"{key} must be whole numbers, got {list(value)}")
-        setattr(config, key, tuple(int(v) for v in value))
+    config = layer_settings(DetConfig, DET_PRESETS, "coco-vim-ti", preset, yaml_path, overrides, base)
+    make_whole_numbers(config, _INT_TUPLES)
     validate(config)
     return config
 
@@ -189,6 +174,4 @@ def validate(config: DetConfig) -> None:
         (not (config.initial_checkpoint and config.pretrained),
          "give the ImageNet weights either as --initial-checkpoint FILE or as --pretrained, not both"),
     ]
-    for ok, message in checks:
-        if not ok:
-            raise ConfigError(message)
+    check_all(checks)

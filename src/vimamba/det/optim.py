@@ -73,15 +73,9 @@ class WarmupMultiStep:
 def build_det_optimizer(model: nn.Module, config: Any):
     """Optimiser (timm's factory over the groups above) and the per-iteration schedule; ``scheduler.step()``
     after every iteration."""
-    from timm.optim import create_optimizer_v2
+    from ..train.optim import create_scaled_group_optimizer
 
     groups = det_param_groups(model, config.weight_decay, config.layer_decay)
-    kwargs = {}
-    if config.opt.lower() in ("adamw", "adam", "lamb", "nadamw"):
-        kwargs.update(eps=config.opt_eps, betas=tuple(config.opt_betas))
-    optimizer = create_optimizer_v2(groups, opt=config.opt, lr=config.lr, weight_decay=config.weight_decay, **kwargs)
-    # torch optimisers ignore timm's lr_scale (timm's own schedulers apply it); each group's lr carries it here.
-    for group in optimizer.param_groups:
-        group["lr"] = config.lr * group.get("lr_scale", 1.0)
+    optimizer = create_scaled_group_optimizer(groups, config)
     schedule = WarmupMultiStep(config.lr_steps, config.lr_gamma, config.warmup_iters, config.warmup_factor)
     return optimizer, LambdaLR(optimizer, schedule)

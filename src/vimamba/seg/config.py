@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..train.config import ConfigError, apply_overrides, read_yaml
+from ..train.config import check_all, layer_settings, make_whole_numbers
 from .backbone import FEATURES
 from .data import DATASETS
 from .inference import MODES
@@ -124,24 +124,8 @@ _INT_TUPLES = ("out_indices", "img_scale")
 def resolve_seg_config(preset: str | None = None, yaml_path: str | Path | None = None,
                        overrides: dict[str, Any] | None = None, base: dict[str, Any] | None = None) -> SegConfig:
     """Preset (or a saved config ``base``), then the YAML file, then explicit overrides; checked."""
-    file_values = read_yaml(yaml_path) if yaml_path else {}
-    file_values.pop("resolved", None)
-    if base is not None:
-        config = apply_overrides(SegConfig(), base, "saved config")
-        config.preset = base.get("preset", config.preset)
-    else:
-        name = preset or file_values.get("preset") or "ade20k-vim-ti"
-        if name not in SEG_PRESETS:
-            raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(SEG_PRESETS)}")
-        config = SEG_PRESETS[name]()
-    apply_overrides(config, file_values, str(yaml_path))
-    apply_overrides(config, overrides or {}, "command line")
-    for key in _INT_TUPLES:  # the shared coercion reads number lists as floats; these are counts and sizes
-        value = getattr(config, key)
-        if value is not None:
-            if any(float(v) != int(v) for v in value):
-                raise ConfigError(f"{key} must be whole numbers, got {list(value)}")
-            setattr(config, key, tuple(int(v) for v in value))
+    config = layer_settings(SegConfig, SEG_PRESETS, "ade20k-vim-ti", preset, yaml_path, overrides, base)
+    make_whole_numbers(config, _INT_TUPLES)
     validate(config)
     return config
 
@@ -171,6 +155,4 @@ def validate(config: SegConfig) -> None:
          f"ratio_range must be two increasing positive numbers, got {config.ratio_range}"),
         (config.img_scale is None or min(config.img_scale) >= 1, f"img_scale must be positive, got {config.img_scale}"),
     ]
-    for ok, message in checks:
-        if not ok:
-            raise ConfigError(message)
+    check_all(checks)

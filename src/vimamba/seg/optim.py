@@ -86,16 +86,10 @@ class PolyWithWarmup:
 def build_seg_optimizer(model: nn.Module, config: Any):
     """Optimiser (timm's factory over the groups above) and the per-iteration schedule; ``scheduler.step()``
     after every iteration."""
-    from timm.optim import create_optimizer_v2
+    from ..train.optim import create_scaled_group_optimizer
 
     groups = seg_param_groups(model, config.weight_decay, config.layer_decay, config.layer_decay_mode)
-    kwargs = {}
-    if config.opt.lower() in ("adamw", "adam", "lamb", "nadamw"):
-        kwargs.update(eps=config.opt_eps, betas=tuple(config.opt_betas))
-    optimizer = create_optimizer_v2(groups, opt=config.opt, lr=config.lr, weight_decay=config.weight_decay, **kwargs)
-    # torch optimisers ignore timm's lr_scale (timm's own schedulers apply it); LambdaLR scales each group's lr.
-    for group in optimizer.param_groups:
-        group["lr"] = config.lr * group.get("lr_scale", 1.0)
+    optimizer = create_scaled_group_optimizer(groups, config)
     schedules = [PolyWithWarmup(group["lr"], config.iterations, config.warmup_iters, config.warmup_ratio,
                                 config.poly_power, config.min_lr) for group in optimizer.param_groups]
     return optimizer, LambdaLR(optimizer, schedules)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 __all__ = ["atomic_save", "atomic_save_safetensors", "capture_rng", "restore_rng", "read_training_checkpoint",
-           "resolve_resume_path"]
+           "resolve_resume_path", "check_same_settings"]
 
 LAST = "last.pth"
 BEST = "best.pth"
@@ -101,3 +101,15 @@ def read_training_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             f"{path} is not a vimamba training checkpoint (it has no config and optimiser state); to start "
             f"from its weights use --initial-checkpoint instead of --resume")
     return checkpoint
+
+
+def check_same_settings(saved_config: dict[str, Any], settings: dict[str, Any], keys: tuple[str, ...],
+                        path: str | os.PathLike) -> None:
+    """Refuse to resume from ``path`` when a setting in ``keys`` (those that shape the model) differs between
+    the run's saved config and this run's ``settings``."""
+    from ..models import CheckpointError
+
+    for key in keys:
+        if saved_config.get(key) != settings[key]:
+            raise CheckpointError(f"cannot resume from {path}: it was trained with {key}={saved_config.get(key)!r}, "
+                                  f"this run has {key}={settings[key]!r}")

@@ -197,20 +197,46 @@ def resolve_config(
     base: dict[str, Any] | None = None,
 ) -> TrainConfig:
     """Preset (or a saved config ``base``), then the YAML file, then explicit overrides; checked."""
+    config = layer_settings(TrainConfig, PRESETS, "digits", preset, yaml_path, overrides, base)
+    validate(config)
+    return config
+
+
+def layer_settings(cls, presets: dict[str, Any], default_preset: str, preset: str | None,
+                   yaml_path: str | Path | None, overrides: dict[str, Any] | None, base: dict[str, Any] | None):
+    """A settings dataclass ``cls`` from its preset (``presets[name]()``, or a saved config ``base`` over the
+    defaults), then the YAML file, then explicit overrides; not yet checked. Shared by every task's config."""
     file_values = read_yaml(yaml_path) if yaml_path else {}
     file_values.pop("resolved", None)  # a run's config.yaml works as --config: its derived values are recomputed
     if base is not None:
-        config = apply_overrides(TrainConfig(), base, "saved config")
+        config = apply_overrides(cls(), base, "saved config")
         config.preset = base.get("preset", config.preset)
     else:
-        name = preset or file_values.get("preset") or "digits"
-        if name not in PRESETS:
-            raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
-        config = PRESETS[name]()
+        name = preset or file_values.get("preset") or default_preset
+        if name not in presets:
+            raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(presets)}")
+        config = presets[name]()
     apply_overrides(config, file_values, str(yaml_path))
     apply_overrides(config, overrides or {}, "command line")
-    validate(config)
     return config
+
+
+def make_whole_numbers(config, keys: tuple[str, ...]) -> None:
+    """The number-list settings ``keys`` as tuples of ints: the shared coercion reads number lists as floats, and
+    these are counts, sizes or iterations. A setting switched off (None) stays so."""
+    for key in keys:
+        value = getattr(config, key)
+        if value is not None:
+            if any(float(v) != int(v) for v in value):
+                raise ConfigError(f"{key} must be whole numbers, got {list(value)}")
+            setattr(config, key, tuple(int(v) for v in value))
+
+
+def check_all(checks: list[tuple[Any, str]]) -> None:
+    """Raise ``ConfigError`` with the message of the first (condition, message) whose condition fails."""
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
 
 
 def validate(config: TrainConfig) -> None:

@@ -1,5 +1,6 @@
 """Per-epoch metrics as CSV and JSON lines (rewritten whole each epoch), TensorBoard scalars when
-TensorBoard is installed (the ``tensorboard`` extra), and the learning-curve plot."""
+TensorBoard is installed (the ``tensorboard`` extra), and the learning-curve plots (per epoch for classification,
+per iteration for segmentation and detection)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["write_metrics", "write_tensorboard", "plot_curves"]
+__all__ = ["replace_text", "write_metrics", "write_tensorboard", "plot_curves", "plot_iteration_curves"]
 
 
-def _replace_text(path: Path, text: str) -> None:
+def replace_text(path: Path, text: str) -> None:
+    """Write ``path`` through a temporary file, so a reader sees the old text or the new, never half of it."""
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
@@ -30,8 +32,8 @@ def write_metrics(rows: list[dict[str, Any]], folder: Path) -> None:
     writer = csv.DictWriter(buf, fieldnames=columns)
     writer.writeheader()
     writer.writerows(rows)
-    _replace_text(folder / "metrics.csv", buf.getvalue())
-    _replace_text(folder / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    replace_text(folder / "metrics.csv", buf.getvalue())
+    replace_text(folder / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
 
 
 def write_tensorboard(row: dict[str, Any], folder: Path) -> bool:
@@ -72,8 +74,38 @@ def plot_curves(rows: list[dict[str, Any]], path: Path) -> None:
     ax_acc.set_ylabel("validation accuracy (%)")
     ax_acc.legend()
     ax_acc.grid(alpha=0.3)
+    _save_figure(fig, path)
+
+
+def plot_iteration_curves(rows: list[dict[str, Any]], path: Path, score_keys: tuple[str, ...], score_label: str) -> None:
+    """Training loss and the validation scores ``score_keys`` (fractions, drawn as %) against iterations; a score
+    no row has (mask AP of a box-only model) is left out, a missing value drawn as 0."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [r["iteration"] for r in rows]
+    fig, (ax_loss, ax_score) = plt.subplots(1, 2, figsize=(10, 4))
+    ax_loss.plot(steps, [r["train_loss"] for r in rows], marker="o")
+    ax_loss.set_xlabel("iteration")
+    ax_loss.set_ylabel("training loss")
+    ax_loss.grid(alpha=0.3)
+    for key in score_keys:
+        if any(r.get(key) is not None for r in rows):
+            ax_score.plot(steps, [100 * (r.get(key) or 0.0) for r in rows], marker="o", label=key)
+    ax_score.set_xlabel("iteration")
+    ax_score.set_ylabel(score_label)
+    ax_score.legend()
+    ax_score.grid(alpha=0.3)
+    _save_figure(fig, path)
+
+
+def _save_figure(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
+    tmp = path.with_name(f".{path.stem}.tmp.png")  # ends in .png: savefig picks the format from the name
     fig.savefig(tmp, dpi=100)
     plt.close(fig)
     os.replace(tmp, path)

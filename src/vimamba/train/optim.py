@@ -8,7 +8,8 @@ from timm.scheduler import create_scheduler_v2
 
 from .config import TrainConfig
 
-__all__ = ["no_weight_decay_patterns", "build_optimizer", "build_scheduler", "EpochSchedule"]
+__all__ = ["no_weight_decay_patterns", "build_optimizer", "build_scheduler", "EpochSchedule",
+           "create_scaled_group_optimizer"]
 
 
 def no_weight_decay_patterns(decay_a_log: bool = True) -> list[str]:
@@ -27,11 +28,26 @@ def no_weight_decay_patterns(decay_a_log: bool = True) -> list[str]:
 def build_optimizer(model: nn.Module, config: TrainConfig, lr: float):
     groups = param_groups_weight_decay(
         model, config.weight_decay, no_weight_decay_list=no_weight_decay_patterns(config.decay_a_log))
-    kwargs = {}
-    if config.opt.lower() in ("adamw", "adam", "lamb", "nadamw"):
-        kwargs.update(eps=config.opt_eps, betas=tuple(config.opt_betas))
     return create_optimizer_v2(groups, opt=config.opt, lr=lr, weight_decay=config.weight_decay,
-                               momentum=config.momentum, **kwargs)
+                               momentum=config.momentum, **_adam_kwargs(config))
+
+
+def _adam_kwargs(config) -> dict:
+    """eps and betas for the Adam family (other optimisers take neither)."""
+    if config.opt.lower() in ("adamw", "adam", "lamb", "nadamw"):
+        return dict(eps=config.opt_eps, betas=tuple(config.opt_betas))
+    return {}
+
+
+def create_scaled_group_optimizer(groups: list[dict], config):
+    """timm's optimiser over parameter groups that carry an ``lr_scale`` (layer decay), each group's lr set to
+    ``config.lr * lr_scale``: torch optimisers ignore timm's lr_scale (timm's own schedulers apply it), and the
+    per-iteration ``LambdaLR`` schedules of segmentation and detection scale each group's lr from there."""
+    optimizer = create_optimizer_v2(groups, opt=config.opt, lr=config.lr, weight_decay=config.weight_decay,
+                                    **_adam_kwargs(config))
+    for group in optimizer.param_groups:
+        group["lr"] = config.lr * group.get("lr_scale", 1.0)
+    return optimizer
 
 
 def build_scheduler(optimizer, config: TrainConfig):

@@ -21,11 +21,11 @@ import torch
 import torch.nn.functional as F
 import yaml
 from torch import nn
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from .. import __version__, create_model
-from ..data import EpochSampler, SeededTransformDataset, digits_split, folder_source, resolve_split_folder
+from ..data import (EpochSampler, SeededTransformDataset, digits_split, epoch_loader, folder_source,
+                    resolve_split_folder)
 from ..models import CheckpointError
 from . import checkpoint as ckpt
 from .config import TrainConfig
@@ -115,11 +115,7 @@ def build_model(config: TrainConfig, num_classes: int, load_initial: bool = True
 
 
 def check_resume_fits(saved: dict[str, Any], config: TrainConfig, num_classes: int, path: Path) -> None:
-    old = saved["config"]
-    for key in ("model", "model_kwargs", "img_size"):
-        if old.get(key) != getattr(config, key):
-            raise CheckpointError(f"cannot resume from {path}: it was trained with {key}={old.get(key)!r}, "
-                                  f"this run has {key}={getattr(config, key)!r}")
+    ckpt.check_same_settings(saved["config"], vars(config), ("model", "model_kwargs", "img_size"), path)
     if saved.get("num_classes") != num_classes:
         raise CheckpointError(f"cannot resume from {path}: it has {saved.get('num_classes')} classes, the data has "
                               f"{num_classes}")
@@ -187,6 +183,20 @@ def prepare_output(output: Path | None, config: TrainConfig, resume: Path | None
     return Path(broadcast_object(str(folder) if folder else None, info))  # made once the data and model are fine
 
 
+def open_run(config, output: str | os.PathLike | None, resume: str | os.PathLike | None, force: bool,
+             info: DistInfo) -> tuple[Path | None, dict[str, Any] | None, Path, int]:
+    """How every training loop starts: (checkpoint path to resume from, its contents, the run folder (checked, made
+    later), the batch per process). ``config`` is any settings dataclass with threads, preset and batch_size."""
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    resume_path = ckpt.resolve_resume_path(resume) if resume is not None else None
+    saved = ckpt.read_training_checkpoint(resume_path) if resume_path is not None else None
+    folder = prepare_output(Path(output) if output else None, config, resume_path, force, info)
+    if config.batch_size % info.world_size:
+        raise TrainingError(f"batch size {config.batch_size} does not split over {info.world_size} processes")
+    return resume_path, saved, folder, config.batch_size // info.world_size
+
+
 def train(config: TrainConfig, output: str | os.PathLike | None = None, resume: str | os.PathLike | None = None,
           force: bool = False, progress: bool = True, resume_any_world_size: bool = False) -> dict[str, Any]:
     """Train as ``config`` says; returns the summary (also written to ``output/summary.json``).
@@ -241,15 +251,8 @@ def seed_process(seed: int) -> None:
 def _train(config: TrainConfig, output, resume, force: bool, progress: bool, info: DistInfo,
            resume_any_world_size: bool = False) -> dict[str, Any]:
     started = time.time()
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    resume_path = ckpt.resolve_resume_path(resume) if resume is not None else None
-    saved = ckpt.read_training_checkpoint(resume_path) if resume_path is not None else None
-    folder = prepare_output(Path(output) if output else None, config, resume_path, force, info)
+    resume_path, saved, folder, local_batch = open_run(config, output, resume, force, info)
     _RUN_FOLDER["path"] = str(folder)
-    if config.batch_size % info.world_size:
-        raise TrainingError(f"batch size {config.batch_size} does not split over {info.world_size} processes")
-    local_batch = config.batch_size // info.world_size
     if (config.mixup > 0 or config.cutmix > 0) and local_batch % 2:
         raise TrainingError(f"mixup/cutmix need an even batch per process (got {local_batch})")
     if saved is not None:
@@ -270,11 +273,8 @@ def _train(config: TrainConfig, output, resume, force: bool, progress: bool, inf
         raise TrainingError(f"{len(train_set)} training images make no full batch of {config.batch_size}")
 
     def loader(dataset, sampler, batch_size, drop_last, epoch):
-        generator = torch.Generator()
-        generator.manual_seed(config.seed * 7919 + epoch)  # the loader's own seed, never the global RNG
-        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last,
-                          num_workers=config.workers, pin_memory=info.device.type == "cuda",
-                          persistent_workers=False, generator=generator)
+        return epoch_loader(dataset, sampler, batch_size, drop_last=drop_last, seed=config.seed, epoch=epoch,
+                            workers=config.workers, pin_memory=info.device.type == "cuda")
 
     # Model: the same initial weights on every process.
     torch.manual_seed(config.seed)
