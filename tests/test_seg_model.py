@@ -221,6 +221,13 @@ def test_presets_are_the_reference_recipe():
     assert (ti.eval_mode, ti.slide_stride) == ("slide", 341)
     s = resolve_seg_config("ade20k-vim-s", overrides={"data": "/data/ade"})
     assert (s.model, s.decode_channels, s.residual_in_fp32) == ("vim_small_patch16_224", 384, True)
+    # the reference's Vim-S config rotates hidden states and stream (if_rope, if_rope_residual); Vim-Ti's does not
+    assert s.model_kwargs == {"rope": True, "rope_residual": True} and ti.model_kwargs == {}
+    from vimamba.seg import build_seg_model
+
+    small = resolve_seg_config("ade20k-vim-s", overrides={"data": "x", "crop_size": 64, "slide_stride": 43})
+    vim_s = build_seg_model(small, 150)
+    assert vim_s.backbone.model.rope is not None and vim_s.backbone.model.rope_residual
     from vimamba.train.config import ConfigError
 
     with pytest.raises(ConfigError, match="pass --data"):

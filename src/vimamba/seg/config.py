@@ -99,10 +99,12 @@ def _ade20k_vim_ti() -> SegConfig:
 
 def _ade20k_vim_s() -> SegConfig:
     """Vim-S + UperNet on ADE20K (the reference's upernet_vim_small_24_512_slide_60k): as Vim-Ti's, with the
-    UperNet head 384 wide (its config's value) and the residual stream in fp32 (its config). That config also
-    turns on rotary position embeddings, which Vim's released models and this model family do not have."""
+    UperNet head 384 wide (its config's value), the residual stream in fp32, and the 2-D rotary embedding on
+    the hidden states and the stream before every block (its ``if_rope`` / ``if_rope_residual``; positions
+    scaled to the 14x14 ImageNet grid). The rotary embedding has no weights: ImageNet checkpoints load as
+    they are."""
     return SegConfig(preset="ade20k-vim-s", model="vim_small_patch16_224", decode_channels=384,
-                     residual_in_fp32=True)
+                     residual_in_fp32=True, model_kwargs=dict(rope=True, rope_residual=True))
 
 
 def _tiny() -> SegConfig:
