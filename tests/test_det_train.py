@@ -137,3 +137,30 @@ def test_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path, capsys, coco
         return [(r["iteration"], r["train_loss"], r["bbox_AP"], r["segm_AP"]) for r in rows]
 
     assert scores("stopped") == scores("straight")  # timings aside, the same rows
+
+
+def test_torchrun_two_processes(tmp_path, capsys, coco):
+    """DDP over gloo on the CPU: rank 0 writes the run, evaluation splits the images over the processes and
+    gathers their detections; a one-process eval of the result gives the same COCO scores."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "ddp"
+    args = [str(a) for a in det_args(coco, out, "--iterations", "2", "--eval-interval", "2", "-b", "4",
+                                     "--eval-batch-size", "2")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "vimamba", *args],
+        capture_output=True, text=True, timeout=600, env=env, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["world_size"] == 2
+    saved = torch.load(out / "last.pth", map_location="cpu", weights_only=True)
+    assert len(saved["rng"]) == 2
+    code, stdout, err = run_cli(capsys, "det", "eval", "--data", coco, "--checkpoint", out / "last.pth", "--json",
+                                "-j", "0", "--no-progress")
+    assert code == 0, err
+    report = json.loads(stdout)
+    assert report["bbox"]["AP"] == pytest.approx(summary["bbox_AP"], abs=1e-12)
+    assert report["segm"]["AP"] == pytest.approx(summary["segm_AP"], abs=1e-12)
