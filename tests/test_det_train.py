@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cli_helpers import assert_one_line_error, run_cli
+from cli_helpers import assert_one_line_error, run_cli, run_torchrun
 from det_data import make_coco_dataset
 
 
@@ -142,18 +142,9 @@ def test_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path, capsys, coco
 def test_torchrun_two_processes(tmp_path, capsys, coco):
     """DDP over gloo on the CPU: rank 0 writes the run, evaluation splits the images over the processes and
     gathers their detections; a one-process eval of the result gives the same COCO scores."""
-    import os
-    import subprocess
-    import sys
-
     out = tmp_path / "ddp"
-    args = [str(a) for a in det_args(coco, out, "--iterations", "2", "--eval-interval", "2", "-b", "4",
-                                     "--eval-batch-size", "2")]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "vimamba", *args],
-        capture_output=True, text=True, timeout=600, env=env, check=False)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run_torchrun(*det_args(coco, out, "--iterations", "2", "--eval-interval", "2", "-b", "4", "--eval-batch-size", "2"),
+                 timeout=600)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["world_size"] == 2
     saved = torch.load(out / "last.pth", map_location="cpu", weights_only=True)

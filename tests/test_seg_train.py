@@ -12,7 +12,7 @@ import yaml
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from cli_helpers import assert_one_line_error, run_cli
+from cli_helpers import assert_one_line_error, run_cli, run_torchrun
 from seg_data import CLASSES, make_seg_data
 from vimamba.cli.main import main
 from vimamba.data import SeededTransformDataset
@@ -255,18 +255,9 @@ def test_checkpoints_that_do_not_fit_are_refused(tmp_path, capsys, photo_data):
 def test_torchrun_two_processes(tmp_path, capsys, photo_data):
     """DDP over gloo on the CPU (BatchNorm per process there; SyncBatchNorm on GPUs). Evaluation splits the images
     over the processes and sums the confusion matrices: a one-process eval of the result gives the same scores."""
-    import os
-    import subprocess
-    import sys
-
     out = tmp_path / "ddp"
-    args = [str(a) for a in seg_args(photo_data, out, "--iterations", "4", "--eval-interval", "4")]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "vimamba", *args],
-        capture_output=True, text=True, timeout=300, env=env)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert proc.stdout.count("done: mIoU") == 1  # rank 0 reports
+    stdout = run_torchrun(*seg_args(photo_data, out, "--iterations", "4", "--eval-interval", "4"))
+    assert stdout.count("done: mIoU") == 1  # rank 0 reports
     summary = json.loads((out / "summary.json").read_text())
     assert summary["world_size"] == 2
     saved = torch.load(out / "last.pth", map_location="cpu", weights_only=True)

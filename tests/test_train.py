@@ -11,7 +11,7 @@ import torch
 import yaml
 from PIL import Image
 
-from cli_helpers import assert_one_line_error, run_cli
+from cli_helpers import assert_one_line_error, run_cli, run_torchrun
 from vimamba.cli.main import main
 from vimamba.train import trainer as trainer_module
 from vimamba.train.config import PRESETS, ConfigError, resolve_config
@@ -570,17 +570,8 @@ PROCESS_EXTRA = ["--checkpoint-every-steps", "4", "--model-ema", "--model-ema-de
 
 
 def torchrun(*argv, processes: int = 2) -> None:
-    """`torchrun --nproc_per_node=N -m vimamba ...` on the CPU (gloo); fails the test with the output on error."""
-    import os
-    import subprocess
-    import sys
-
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}", "-m",
-         "vimamba", *[str(a) for a in argv]], capture_output=True, text=True, timeout=300, env=env, check=False)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert proc.stdout.count("validation top-1") == 1  # printed by rank 0 only
+    """A multi-process classification run; the result is reported by rank 0 only."""
+    assert run_torchrun(*argv, processes=processes).count("validation top-1") == 1
 
 
 @pytest.fixture(scope="module")
