@@ -53,6 +53,29 @@ def _override(kind, cfg, batch, dim, nstate, length):
     return {kind: cfg}
 
 
+# input layouts a forward variant may ask for: "xdbl": B and C as column views of one (batch, length,
+# dt_rank + 2 * state) buffer, as Vim's x_proj gives them (dt_rank 12: rows of 88 bytes); "bc32": B and C in fp32
+INPUT_KEYS = ("xdbl", "bc32")
+
+
+def _transform_inputs(ins, cfg):
+    if not isinstance(cfg, dict) or not any(k in cfg for k in INPUT_KEYS):
+        return ins
+    out = dict(ins)
+    B, C = ins["B"], ins["C"]
+    if cfg.get("bc32"):
+        B = B.float().transpose(1, 2).contiguous().transpose(1, 2)
+        C = C.float().transpose(1, 2).contiguous().transpose(1, 2)
+    if cfg.get("xdbl"):
+        batch, nstate, length = B.shape
+        buf = torch.empty(batch, length, 12 + 2 * nstate, device=B.device, dtype=B.dtype)
+        buf[..., 12:12 + nstate] = B.transpose(1, 2)
+        buf[..., 12 + nstate:] = C.transpose(1, 2)
+        B, C = buf[..., 12:12 + nstate].transpose(1, 2), buf[..., 12 + nstate:].transpose(1, 2)
+    out["B"], out["C"] = B, C
+    return out
+
+
 def sweep(problems, fwd_cfgs, bwd_cfgs, dim=384, nstate=16):
     import triton
 
@@ -65,16 +88,18 @@ def sweep(problems, fwd_cfgs, bwd_cfgs, dim=384, nstate=16):
         steps = batch * dim * nstate * length
         first = None
         for cfg in fwd_cfgs:
-            triton_scan._CONFIG_OVERRIDE = _override("fwd", cfg, batch, dim, nstate, length)
+            run_ins = _transform_inputs(ins, cfg)
+            cfg_k = {k: v for k, v in cfg.items() if k not in INPUT_KEYS} if isinstance(cfg, dict) else cfg
+            triton_scan._CONFIG_OVERRIDE = _override("fwd", cfg_k or "default", batch, dim, nstate, length)
             try:
                 with torch.no_grad():
                     t0 = time.perf_counter()
-                    y = selective_scan_triton(**ins, delta_softplus=True)
+                    y = selective_scan_triton(**run_ins, delta_softplus=True)
                     torch.cuda.synchronize()
                     compile_s = time.perf_counter() - t0
                     first = y if first is None else first
                     err = _rel(y, first)
-                    ms = timeit(lambda ins=ins: selective_scan_triton(**ins, delta_softplus=True))
+                    ms = timeit(lambda ins=run_ins: selective_scan_triton(**ins, delta_softplus=True))
             except Exception as exc:  # noqa: BLE001 - a tile the compiler rejects (registers, shared memory): record it
                 rows.append({"pass_": "fwd", "batch": batch, "length": length, "tile": cfg, "error": repr(exc)[:200]})
                 print(rows[-1], flush=True)
@@ -107,6 +132,47 @@ def sweep(problems, fwd_cfgs, bwd_cfgs, dim=384, nstate=16):
                              "gsteps": steps / ms / 1e6, "rel_diff": err})
             print(rows[-1], flush=True)
         triton_scan._CONFIG_OVERRIDE = None
+        torch.cuda.empty_cache()
+    return rows
+
+
+def sweep_bidir():
+    """Both directions in one launch (selective_scan_bidir_triton) over forward tiles (chunks of one step), at
+    Vim-Ti 1248 batch 64, Vim-Ti 224 batch 128 and Vim-S 1248 batch 32; each against the two single scans."""
+    import triton
+
+    from vimamba.ops.selective_scan.triton_scan import selective_scan_bidir_triton
+
+    keys = ("u", "delta", "A", "B", "C", "D", "delta_bias")
+    rows = []
+    for batch, dim, length in ((64, 384, 6085), (128, 384, 197), (32, 768, 6085)):
+        a = _inputs(batch, dim, 16, length, torch.bfloat16, time_major=True, device="cuda", seed=1)
+        b = _inputs(batch, dim, 16, length, torch.bfloat16, time_major=True, device="cuda", seed=2)
+        fa, fb = [a[k] for k in keys], [b[k] for k in keys]
+        nl_opts = (1, 2, 4) if length > 1000 else (1, 2)
+        cfgs = ["default"] + [(1, 16 // nl, 1, w, nl, 32 // nl, 2 if length > 1000 else 1)
+                              for nl in nl_opts for w in (1, 2)]
+        first = None
+        for cfg in cfgs:
+            triton_scan._CONFIG_OVERRIDE = _override("fwd", cfg, 2 * batch, dim, 16, length)
+            with torch.no_grad():
+                ys = selective_scan_bidir_triton(fa, fb, a["z"], True)
+                first = ys if first is None else first
+                err = max(_rel(y, f) for y, f in zip(ys, first))
+                ms = triton.testing.do_bench(lambda: selective_scan_bidir_triton(fa, fb, a["z"], True),
+                                             warmup=10, rep=60, return_mode="median")
+            rows.append({"pass_": "bidir", "batch": batch, "dim": dim, "length": length, "tile": cfg, "ms": ms,
+                         "gsteps": 2 * batch * dim * 16 * length / ms / 1e6, "rel_diff": err})
+            print(rows[-1], flush=True)
+        triton_scan._CONFIG_OVERRIDE = None
+        with torch.no_grad():
+            two = triton.testing.do_bench(lambda: (
+                selective_scan_triton(*fa[:5], D=fa[5], z=a["z"], delta_bias=fa[6], delta_softplus=True),
+                selective_scan_triton(*fb[:5], D=fb[5], z=a["z"], delta_bias=fb[6], delta_softplus=True,
+                                      reverse=True)), warmup=10, rep=60, return_mode="median")
+        rows.append({"pass_": "two single scans", "batch": batch, "dim": dim, "length": length, "tile": "default",
+                     "ms": two, "gsteps": 2 * batch * dim * 16 * length / two / 1e6, "rel_diff": 0.0})
+        print(rows[-1], flush=True)
         torch.cuda.empty_cache()
     return rows
 
@@ -156,11 +222,22 @@ def main():
     p.add_argument("--profile", action="store_true")
     p.add_argument("--no-sweep", action="store_true")
     p.add_argument("--bwd-only", action="store_true")
-    p.add_argument("--grid", choices=("layouts", "dr"), default="layouts",
+    p.add_argument("--grid", choices=("layouts", "dr", "v4", "bidir"), default="layouts",
                    help="layouts: states over registers/lanes x chunk x warps (DR = 1); dr: the shipped rule "
                         "against one or two chunks in flight and against two channels per thread")
+    p.add_argument("--one-fwd", metavar="BATCHxLENGTH",
+                   help="run the shipped forward once at this size and exit (for a profiler such as ncu)")
     args = p.parse_args()
     import triton
+
+    if args.one_fwd:
+        batch, length = (int(v) for v in args.one_fwd.lower().split("x"))
+        ins = _inputs(batch, 384, 16, length, torch.bfloat16, time_major=True, device="cuda", seed=7)
+        with torch.no_grad():
+            for _ in range(2):
+                selective_scan_triton(**ins, delta_softplus=True)
+        torch.cuda.synchronize()
+        return
 
     report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
@@ -178,7 +255,20 @@ def main():
             for k in prof["kernels"][:14]:
                 print(f"  {k['ms']:8.2f} ms {k['calls']:5d}x  {k['name']}")
         save()
-    if not args.no_sweep and args.grid == "dr":
+    if not args.no_sweep and args.grid == "bidir":
+        report["sweep"] = sweep_bidir()
+    elif not args.no_sweep and args.grid == "v4":
+        # session 3: B and C four states per load (inline PTX), fp32 B/C, B/C register tiles a chunk ahead, and
+        # whether more rows per SM (batch 128 against 64 at one tile) come for free (latency-bound) or not
+        fwd = ["default", {"vec": False}, {"xdbl": True}, {"bc32": True}, {"xdbl": True, "vec": False},
+               (1, 16, 1, 1, 1, 32, 2), (1, 16, 1, 2, 1, 32, 2), (1, 16, 1, 1, 1, 32, 1), (2, 8, 1, 2, 2, 16, 2),
+               (1, 8, 1, 2, 2, 16, 2), (1, 8, 1, 4, 2, 16, 2), (1, 8, 1, 1, 2, 16, 2), (2, 4, 1, 1, 4, 8, 2),
+               (1, 4, 1, 2, 4, 8, 2), (1, 16, 1, 1, 1, 32, 2, 1), (1, 8, 1, 2, 2, 16, 2, 1),
+               {"tile": (1, 16, 1, 1, 1, 32, 2), "bc32": True}, {"tile": (1, 8, 1, 2, 2, 16, 2), "bc32": True}]
+        short = [c if not isinstance(c, tuple) else c[:6] + (1,) + c[7:] for c in fwd]
+        report["sweep"] = (sweep([(64, 6085), (128, 6085), (8, 6085)], fwd, ["default"])
+                           + sweep([(128, 197)], short, ["default"]))
+    elif not args.no_sweep and args.grid == "dr":
         # run 4 (results/scan_sweep_dr-h100.json) also had two kernel variants since removed, both slower:
         # the decay as inline PTX ex2.approx.ftz (+8%) and B, C as register tiles loaded a chunk ahead (2x)
         fwd = ["default", {"ahead": 1}, {"ahead": 2}, (2, 4, 2, 1, 4, 8), (2, 4, 2, 1, 4, 8, 2), (2, 8, 2, 1, 2, 16)]

@@ -298,7 +298,8 @@ def test_inference_path_matches_autograd_path():
 
 
 def test_block_releases_its_inputs_before_the_mixer_runs():
-    """forward_state drops the previous output and stream once the new stream exists (peak memory)."""
+    """forward_state drops the previous output and stream once the new stream exists, and the mixer drops
+    the normalised input once its projections have read it (peak memory)."""
     import weakref
 
     from vimamba.layers import VimBlock
@@ -307,16 +308,21 @@ def test_block_releases_its_inputs_before_the_mixer_runs():
     seen = {}
     hidden, residual = torch.randn(1, 5, 16), torch.randn(1, 5, 16)
     refs = weakref.ref(hidden), weakref.ref(residual)
-    real_mixer = block.mixer.forward
+    real_mixer, real_conv = block.mixer.forward_list, block.mixer._conv
 
-    def mixer(normed):
+    def mixer(box):
         seen["alive"] = [r() is not None for r in refs]
-        return real_mixer(normed)
+        seen["normed"] = weakref.ref(box[0])
+        return real_mixer(box)
 
-    block.mixer.forward = mixer
+    def conv(*args, **kwargs):
+        seen["normed_alive_at_conv"] = seen["normed"]() is not None
+        return real_conv(*args, **kwargs)
+
+    block.mixer.forward_list, block.mixer._conv = mixer, conv
     state = [hidden, residual]
     del hidden, residual
     with torch.no_grad():
         block.forward_state(state)
-    assert seen["alive"] == [False, False]
+    assert seen["alive"] == [False, False] and seen["normed_alive_at_conv"] is False
     assert len(state) == 2 and state[0].shape == (1, 5, 16) and state[1].dtype == torch.float32

@@ -70,11 +70,11 @@ def test_custom_ops_pass_opcheck():
 
     x = torch.randn(2, 6, 9, requires_grad=True)
     w, b = torch.randn(6, 4, requires_grad=True), torch.randn(6, requires_grad=True)
-    torch.library.opcheck(triton_conv1d._conv_fwd_op, (x, w, b, True, True))
+    torch.library.opcheck(triton_conv1d._conv_fwd_op.op, (x, w, b, True, True))
     h = torch.randn(3, 16, requires_grad=True)
     r = torch.randn(3, 16, requires_grad=True)
     nw = torch.rand(16, requires_grad=True)
-    torch.library.opcheck(triton_rms_norm._norm_fwd_op, (h, r, nw, 1e-5, True, torch.float32))
+    torch.library.opcheck(triton_rms_norm._norm_fwd_op.op, (h, r, nw, 1e-5, True, torch.float32))
 
 
 def tiny_vim(**kwargs):
@@ -118,11 +118,32 @@ def test_scan_custom_op_passes_opcheck():
     A = (-torch.rand(6, 4) - 0.5).requires_grad_(True)
     Bm, Cm = torch.randn(2, 4, 11, requires_grad=True), torch.randn(2, 4, 11, requires_grad=True)
     D, bias = torch.randn(6, requires_grad=True), torch.randn(6, requires_grad=True)
-    torch.library.opcheck(triton_scan._scan_fwd_op, (u, dt, A, Bm, Cm, D, z, bias, True, True, True, True, None))
+    torch.library.opcheck(triton_scan._scan_fwd_op.op, (u, dt, A, Bm, Cm, D, z, bias, True, True, True, True, None))
     add = torch.randn(2, 11, 6).transpose(1, 2).requires_grad_(True)  # time-major, as the mixer passes it
-    torch.library.opcheck(triton_scan._scan_fwd_op, (u, dt, A, Bm, Cm, D, z, bias, True, True, True, True, add))
+    torch.library.opcheck(triton_scan._scan_fwd_op.op, (u, dt, A, Bm, Cm, D, z, bias, True, True, True, True, add))
     with torch.no_grad():  # the inference variant writes into out (here: add itself, as the mixer does)
         args = [t.detach() if isinstance(t, torch.Tensor) else t for t in (u, dt, A, Bm, Cm, D, z, bias)]
         target = add.detach().clone()
-        torch.library.opcheck(triton_scan._scan_fwd_out_op, (*args, True, True, target, target),
+        torch.library.opcheck(triton_scan._scan_fwd_out_op.op, (*args, True, True, target, target),
+                              test_utils=("test_schema", "test_faketensor"))
+
+
+def test_bidir_scan_custom_ops_pass_opcheck():
+    from vimamba.ops.selective_scan import triton_scan
+
+    torch.manual_seed(0)
+
+    def scan():
+        u, dt = (torch.randn(2, 9, 6).transpose(1, 2).requires_grad_(True) for _ in range(2))
+        A = (-torch.rand(6, 4) - 0.5).requires_grad_(True)
+        Bm, Cm = (torch.randn(2, 9, 4).transpose(1, 2).requires_grad_(True) for _ in range(2))
+        return [u, dt, A, Bm, Cm, torch.randn(6, requires_grad=True), torch.randn(6, requires_grad=True)]
+
+    fwd, bwd = scan(), scan()
+    z = torch.randn(2, 9, 6).transpose(1, 2).requires_grad_(True)
+    torch.library.opcheck(triton_scan._bidir_fwd_op.op, (*fwd, *bwd, z, True, True))
+    with torch.no_grad():  # the inference variant writes each result over its own u, as the mixer does
+        fwd = [t.detach().clone() for t in fwd]
+        bwd = [t.detach().clone() for t in bwd]
+        torch.library.opcheck(triton_scan._bidir_fwd_out_op.op, (*fwd, *bwd, z.detach(), True, fwd[0], bwd[0]),
                               test_utils=("test_schema", "test_faketensor"))

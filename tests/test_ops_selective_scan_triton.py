@@ -372,3 +372,90 @@ def test_out_is_refused_where_it_cannot_serve():
         selective_scan_triton(**inputs, out=torch.empty(1, 4, 7, dtype=torch.bfloat16, device=DEVICE))
     with torch.no_grad(), pytest.raises(ValueError, match="return_last_state"):
         selective_scan_ref(**inputs, return_last_state=True, out=torch.empty_like(inputs["u"]))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Both of Vim's scans in one launch (selective_scan_bidir_triton): each direction equals its own scan
+# ------------------------------------------------------------------------------------------------------------
+
+SCAN_KEYS = ("u", "delta", "A", "B", "C", "D", "delta_bias")
+
+
+def _bidir_compare(batch, dim, state, length, dtype, *, seed=0, device=DEVICE, ref_batch=None):
+    """The one-launch pair against selective_scan_ref run per direction (fwd, then bwd reversed), values and
+    the gradients of all 15 inputs (z is shared: its gradient sums both directions')."""
+    from vimamba.ops.selective_scan.triton_scan import selective_scan_bidir_triton
+
+    a = _inputs(batch, dim, state, length, dtype, seed=seed, time_major=True, device=device)
+    b = _inputs(batch, dim, state, length, dtype, seed=seed + 1, time_major=True, device=device)
+    b["z"] = a["z"]
+    la = {k: a[k].detach().clone().requires_grad_(True) for k in SCAN_KEYS + ("z",)}
+    lb = {k: b[k].detach().clone().requires_grad_(True) for k in SCAN_KEYS}
+    y_f, y_b = selective_scan_bidir_triton([la[k] for k in SCAN_KEYS], [lb[k] for k in SCAN_KEYS], la["z"], True)
+    g_f, g_b = torch.randn_like(y_f), torch.randn_like(y_b)
+    leaves = [la[k] for k in SCAN_KEYS] + [lb[k] for k in SCAN_KEYS] + [la["z"]]
+    got = torch.autograd.grad((y_f.float() * g_f.float()).sum() + (y_b.float() * g_b.float()).sum(), leaves)
+
+    n = ref_batch or batch  # the reference on the first n batch elements (its memory grows with the length)
+    ra = {k: (v[:n] if v.dim() == 3 else v).detach().float().cpu().requires_grad_(True) for k, v in la.items()}
+    rb = {k: (v[:n] if v.dim() == 3 else v).detach().float().cpu().requires_grad_(True) for k, v in lb.items()}
+    kw = dict(delta_softplus=True)
+    r_f = selective_scan_ref(*[ra[k] for k in SCAN_KEYS[:5]], D=ra["D"], z=ra["z"], delta_bias=ra["delta_bias"], **kw)
+    r_b = selective_scan_ref(*[rb[k] for k in SCAN_KEYS[:5]], D=rb["D"], z=ra["z"], delta_bias=rb["delta_bias"],
+                             reverse=True, **kw)
+    r_leaves = [ra[k] for k in SCAN_KEYS] + [rb[k] for k in SCAN_KEYS] + [ra["z"]]
+    want = torch.autograd.grad((r_f * g_f[:n].float().cpu()).sum() + (r_b * g_b[:n].float().cpu()).sum(), r_leaves)
+    _check("y_fwd", y_f[:n].cpu(), r_f, dtype)
+    _check("y_bwd", y_b[:n].cpu(), r_b, dtype)
+    names = [f"{k}_fwd" for k in SCAN_KEYS] + [f"{k}_bwd" for k in SCAN_KEYS] + ["z"]
+    for name, g, w in zip(names, got, want):
+        if g.dim() == 3 and ref_batch:
+            g = g[:n]
+        elif ref_batch and name.split("_")[0] in ("A", "D") or name.startswith("delta_bias"):
+            continue  # summed over the whole batch: not comparable with a reference on part of it
+        _check(name, g.cpu(), w, dtype)
+    return (la, lb), (y_f, y_b)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=["fp32", "fp16", "bf16"])
+@pytest.mark.parametrize("length", [1, 2, 7, 197])
+def test_bidir_matches_two_scans(length, dtype):
+    _bidir_compare(2, 5, 3, length, dtype, seed=length)
+
+
+def test_bidir_out_in_place_and_no_grad_equal():
+    """Under no_grad each scan may write over its own u (Vim's mixer does): same values as the autograd path."""
+    from vimamba.ops.selective_scan.triton_scan import selective_scan_bidir_triton
+
+    (la, lb), (y_f, y_b) = _bidir_compare(2, 6, 4, 33, torch.float32, seed=5)
+    with torch.no_grad():
+        fa = [la[k].detach().clone() for k in SCAN_KEYS]
+        fb = [lb[k].detach().clone() for k in SCAN_KEYS]
+        got = selective_scan_bidir_triton(fa, fb, la["z"].detach(), True, out=(fa[0], fb[0]))
+        plain = selective_scan_bidir_triton([la[k].detach() for k in SCAN_KEYS], [lb[k].detach() for k in SCAN_KEYS],
+                                            la["z"].detach(), True)
+    assert got[0] is fa[0] and got[1] is fb[0]
+    for g, p, w in zip(got, plain, (y_f, y_b)):
+        assert torch.equal(g, w.detach()) and torch.equal(p, w.detach())
+
+
+def test_bidir_refuses_mismatched_pairs():
+    from vimamba.ops.selective_scan.triton_scan import selective_scan_bidir_triton
+
+    a = _inputs(1, 4, 4, 7, torch.float32, time_major=True)
+    b = _inputs(1, 4, 4, 7, torch.float32)  # length-contiguous: other strides
+    with pytest.raises(ValueError, match="the two scans' u differ in shape, strides or dtype"):
+        selective_scan_bidir_triton([a[k] for k in SCAN_KEYS], [b[k] for k in SCAN_KEYS], a["z"], True)
+    with pytest.raises(ValueError, match="fwd must be"):
+        selective_scan_bidir_triton([a["u"], a["delta"]], [b[k] for k in SCAN_KEYS], a["z"], True)
+    with pytest.raises(ValueError, match="D must be given for both scans or for neither"):
+        selective_scan_bidir_triton([a[k] for k in SCAN_KEYS[:5]] + [a["D"], None],
+                                    [a[k] for k in SCAN_KEYS[:5]] + [None, None], a["z"], True)
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_bidir_full_size_gpu(dtype):
+    """Vim-Ti at 1248x1248, both directions in one launch (batch 64, 384 channels, 16 states, 6085 steps)."""
+    _bidir_compare(64, 384, 16, 6085, dtype, seed=9, ref_batch=4)

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..ops import causal_conv1d_fn, selective_scan_fn
+from ..ops import ScanInputs, bidirectional_selective_scan_fn, causal_conv1d_fn
 
 __all__ = ["BiMambaMixer"]
 
@@ -80,33 +80,51 @@ class BiMambaMixer(nn.Module):
         with torch.no_grad():
             layer.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
 
-    def _branch(self, x, z, conv1d, x_proj, dt_proj, A_log, D, reverse, add=None, out=None):
-        """One direction: conv + SiLU, input-dependent (dt, B, C), selective scan gated by silu(z), plus
-        ``add`` (the other branch's output) summed into the scan's output, written into ``out`` if given.
+    def _conv(self, x, conv1d, reverse):
+        """Causal depthwise conv + SiLU. The backward branch runs it from the end of the sequence
+        (``reverse``) instead of on a flipped copy, so everything stays in token order."""
+        return causal_conv1d_fn(x, conv1d.weight.squeeze(1), conv1d.bias, activation="silu", reverse=reverse)
 
-        The backward branch runs the same ops from the end of the sequence (``reverse``) instead of on
-        flipped copies, so its output is already in token order.
-        """
-        u = causal_conv1d_fn(x, conv1d.weight.squeeze(1), conv1d.bias, activation="silu", reverse=reverse)
+    def _scan_inputs(self, u, x_proj, dt_proj, A_log, D):
+        """One direction's scan inputs: the input-dependent (dt, B, C) from the conv output u."""
         x_dbl = F.linear(u.transpose(1, 2), x_proj.weight)
         dt, B, C = x_dbl.split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         delta = F.linear(dt, dt_proj.weight).transpose(1, 2)
-        A = -torch.exp(A_log.float())
-        return selective_scan_fn(
-            u, delta, A, B.transpose(1, 2), C.transpose(1, 2), D.float(), z,
-            delta_bias=dt_proj.bias.float(), delta_softplus=True, reverse=reverse, add=add, out=out)
+        return ScanInputs(u, delta, -torch.exp(A_log.float()), B.transpose(1, 2), C.transpose(1, 2), D.float(),
+                          dt_proj.bias.float())
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        xz = self.in_proj(hidden).transpose(1, 2)
-        x, z = xz.chunk(2, dim=1)
-        y_f = self._branch(x, z, self.conv1d, self.x_proj, self.dt_proj, self.A_log, self.D, reverse=False)
-        # The backward branch's scan adds y_f to its output as it writes it: no separate pass for the sum.
-        # Without autograd it writes the sum over y_f itself: one (batch, length, dim) tensor fewer at the peak.
-        y = self._branch(x, z, self.conv1d_b, self.x_proj_b, self.dt_proj_b, self.A_b_log, self.D_b, reverse=True,
-                         add=y_f, out=None if torch.is_grad_enabled() else y_f)
-        if not self.divide_out:
-            return self.out_proj(y.transpose(1, 2))
-        # The halving of (y_f + y_b) rides on the output projection's weight (0.5 * W: exact, a 74k-element
-        # op) instead of a pass over the (batch, length, dim) activations (4.7 ms of 390 for Vim-Ti at 1248,
-        # batch 64, H100). Same values bit for bit: halving is exact in every float format.
-        return F.linear(y.transpose(1, 2), self.out_proj.weight * 0.5, self.out_proj.bias)
+        return self.forward_list([hidden])
+
+    def forward_list(self, box: list) -> torch.Tensor:
+        """``forward`` on ``[hidden]``, which it empties: without autograd the input is released as soon as
+        the projections have read it (``VimBlock.forward_state`` passes it this way)."""
+        hidden = box.pop()
+        grad = torch.is_grad_enabled()
+        if grad:
+            xz = self.in_proj(hidden).transpose(1, 2)
+            x, z = xz.chunk(2, dim=1)
+        else:
+            # Two products instead of one: x gets a buffer of its own, freed once both convs have read it.
+            w = self.in_proj.weight
+            x = F.linear(hidden, w[: self.d_inner]).transpose(1, 2)
+            z = F.linear(hidden, w[self.d_inner:]).transpose(1, 2)
+        del hidden
+        u_f = self._conv(x, self.conv1d, reverse=False)
+        u_b = self._conv(x, self.conv1d_b, reverse=True)
+        del x
+        fwd = self._scan_inputs(u_f, self.x_proj, self.dt_proj, self.A_log, self.D)
+        bwd = self._scan_inputs(u_b, self.x_proj_b, self.dt_proj_b, self.A_b_log, self.D_b)
+        del u_f, u_b
+        # Both scans in one launch; without autograd each writes its output over its own u (no new tensors).
+        y_f, y_b = bidirectional_selective_scan_fn(fwd, bwd, z, delta_softplus=True,
+                                                   out=None if grad else (fwd.u, bwd.u))
+        del fwd, bwd, z  # delta, B, C: released before the output projection allocates
+        # out_proj((y_f + y_b) / 2) as two products, the second accumulating in place onto the first (GEMM
+        # with beta = 1): no pass over the activations for the sum. The halving rides on the weight (exact).
+        weight = self.out_proj.weight * 0.5 if self.divide_out else self.out_proj.weight
+        out = F.linear(y_f.transpose(1, 2), weight, self.out_proj.bias)
+        del y_f
+        flat = out.view(-1, out.shape[-1])
+        flat.addmm_(y_b.transpose(1, 2).reshape(-1, self.d_inner).to(flat.dtype), weight.t().to(flat.dtype))
+        return out

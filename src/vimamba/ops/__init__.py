@@ -7,21 +7,26 @@ The public functions below are what layers call. Each picks its implementation p
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 from .causal_conv1d import causal_conv1d_ref
 from .dispatch import BACKENDS, resolve_backend, triton_available
 from .rms_norm import add_rms_norm_ref, rms_norm_ref
-from .selective_scan import selective_scan_ref
+from .selective_scan import selective_scan_bidir_ref, selective_scan_ref
 
 __all__ = [
     "BACKENDS",
+    "ScanInputs",
     "add_rms_norm",
     "add_rms_norm_ref",
     "causal_conv1d_fn",
     "causal_conv1d_ref",
     "resolve_backend",
     "rms_norm_ref",
+    "bidirectional_selective_scan_fn",
+    "selective_scan_bidir_ref",
     "selective_scan_fn",
     "selective_scan_ref",
     "triton_available",
@@ -60,6 +65,42 @@ def selective_scan_fn(
                                      reverse, add=add, out=out)
     return selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, reverse,
                               add=add, out=out)
+
+
+class ScanInputs(NamedTuple):
+    """One scan's own inputs (all but z), as ``selective_scan_fn`` takes them."""
+
+    u: torch.Tensor
+    delta: torch.Tensor
+    A: torch.Tensor
+    B: torch.Tensor
+    C: torch.Tensor
+    D: torch.Tensor | None = None
+    delta_bias: torch.Tensor | None = None
+
+
+def bidirectional_selective_scan_fn(
+    fwd: ScanInputs,
+    bwd: ScanInputs,
+    z: torch.Tensor | None = None,
+    delta_softplus: bool = False,
+    *,
+    out: tuple[torch.Tensor, torch.Tensor] | None = None,
+    backend: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Vim's two scans: ``fwd`` from the first step to the last, ``bwd`` from the last to the first (each as
+    ``selective_scan_fn(*scan, z=z, reverse=...)`` gives it), gated by the same ``z``; returns both outputs.
+
+    The Triton path runs both in one launch: the scan is latency-bound, so twice the rows per multiprocessor
+    cost far less than twice the time. ``fwd`` and ``bwd`` must then agree in shapes, strides and dtypes.
+    ``out`` (inference only): a pair of tensors that receive the outputs; they may be the two u's.
+    """
+    u = fwd[0]
+    if resolve_backend(u, backend) == "triton":
+        from .selective_scan.triton_scan import selective_scan_bidir_triton
+
+        return selective_scan_bidir_triton(fwd, bwd, z, delta_softplus, out=out)
+    return selective_scan_bidir_ref(fwd, bwd, z, delta_softplus, out=out)
 
 
 def causal_conv1d_fn(

@@ -42,7 +42,7 @@ from typing import Optional
 
 import torch
 
-from .._triton import HAS_TRITON, autotune_enabled, num_sms, tl, triton
+from .._triton import HAS_TRITON, autotune_enabled, eager_op, num_sms, tl, triton
 from .reference import check_conv_inputs
 
 if HAS_TRITON:
@@ -398,21 +398,18 @@ def _launch_bwd(x, weight, bias, dout, silu, reverse, want_dx, want_dw, want_db)
     return dx, dw, db
 
 
-# Registered as custom ops, so torch.compile keeps a whole model in one graph (it treats the op as opaque)
-# and CUDA-graph capture replays the kernels as they are.
-@torch.library.custom_op("vimamba::causal_conv1d_fwd", mutates_args=())
-def _conv_fwd_op(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], silu: bool,
+# Registered as custom ops (``eager_op``), so torch.compile keeps a whole model in one graph (it treats the op
+# as opaque); eager calls skip torch.library's dispatch. CUDA-graph capture replays the kernels as they are.
+def _conv_fwd_impl(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], silu: bool,
                  reverse: bool) -> torch.Tensor:
     return _launch_fwd(x, weight, bias, silu, reverse)
 
 
-@_conv_fwd_op.register_fake
 def _conv_fwd_fake(x, weight, bias, silu, reverse):
     return _empty_like_layout(x)
 
 
-@torch.library.custom_op("vimamba::causal_conv1d_bwd", mutates_args=())
-def _conv_bwd_op(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], dout: torch.Tensor,
+def _conv_bwd_impl(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], dout: torch.Tensor,
                  silu: bool, reverse: bool, want_dx: bool, want_dw: bool,
                  want_db: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     dx, dw, db = _launch_bwd(x, weight, bias, dout, silu, reverse, want_dx, want_dw, want_db)
@@ -421,10 +418,13 @@ def _conv_bwd_op(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Ten
             db if db is not None else weight.new_empty(0))
 
 
-@_conv_bwd_op.register_fake
 def _conv_bwd_fake(x, weight, bias, dout, silu, reverse, want_dx, want_dw, want_db):
     return (_empty_like_layout(x) if want_dx else x.new_empty(0), weight.new_empty(weight.shape if want_dw else (0,)),
             weight.new_empty(bias.shape if want_db else (0,)))
+
+
+_conv_bwd_op = eager_op("vimamba::causal_conv1d_bwd", _conv_bwd_impl)
+_conv_bwd_op.op.register_fake(_conv_bwd_fake)
 
 
 def _conv_setup_context(ctx, inputs, output):
@@ -443,7 +443,9 @@ def _conv_backward(ctx, dout):
     return dx if want_dx else None, dw if want_dw else None, db if want_db else None, None, None
 
 
-_conv_fwd_op.register_autograd(_conv_backward, setup_context=_conv_setup_context)
+_conv_fwd_op = eager_op("vimamba::causal_conv1d_fwd", _conv_fwd_impl,
+                        backward=_conv_backward, setup_context=_conv_setup_context)
+_conv_fwd_op.op.register_fake(_conv_fwd_fake)
 
 
 def causal_conv1d_triton(

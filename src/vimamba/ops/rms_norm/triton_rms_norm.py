@@ -32,7 +32,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from .._triton import HAS_TRITON, autotune_enabled, num_sms, tl, triton
+from .._triton import HAS_TRITON, autotune_enabled, eager_op, num_sms, tl, triton
 
 if HAS_TRITON:
     from triton.runtime.jit import JITFunction
@@ -266,23 +266,20 @@ def _launch_bwd(s, weight, gy, gs, eps, x_dtype, r_dtype, want_dx, want_dr, want
     return dx, dr, dw
 
 
-# Registered as custom ops, so torch.compile keeps a whole model in one graph and CUDA graphs capture the
-# kernels as they are. The stream output is an empty tensor when it is not written (the stream is x).
-@torch.library.custom_op("vimamba::add_rms_norm_fwd", mutates_args=())
-def _norm_fwd_op(x: torch.Tensor, residual: Optional[torch.Tensor], weight: torch.Tensor, eps: float,
+# Registered as custom ops (``eager_op``), so torch.compile keeps a whole model in one graph; eager calls skip
+# torch.library's dispatch; CUDA graphs capture the kernels as they are. The stream output is an empty tensor when it is not written (the stream is x).
+def _norm_fwd_impl(x: torch.Tensor, residual: Optional[torch.Tensor], weight: torch.Tensor, eps: float,
                  add_fp32: bool, stream_dtype: Optional[torch.dtype]) -> Tuple[torch.Tensor, torch.Tensor]:
     y, s = _launch_fwd(x, residual, weight, eps, add_fp32, stream_dtype)
     return y, s if s is not None else x.new_empty(0)
 
 
-@_norm_fwd_op.register_fake
 def _norm_fwd_fake(x, residual, weight, eps, add_fp32, stream_dtype):
     stream = x.new_empty(x.shape, dtype=stream_dtype) if stream_dtype is not None else x.new_empty(0)
     return x.new_empty(x.shape), stream
 
 
-@torch.library.custom_op("vimamba::add_rms_norm_bwd", mutates_args=())
-def _norm_bwd_op(s: torch.Tensor, weight: torch.Tensor, gy: Optional[torch.Tensor], gs: Optional[torch.Tensor],
+def _norm_bwd_impl(s: torch.Tensor, weight: torch.Tensor, gy: Optional[torch.Tensor], gs: Optional[torch.Tensor],
                  eps: float, x_dtype: torch.dtype, r_dtype: Optional[torch.dtype], want_dx: bool, want_dr: bool,
                  want_dw: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     dx, dr, dw = _launch_bwd(s, weight, gy, gs, eps, x_dtype, r_dtype, want_dx, want_dr, want_dw)
@@ -291,12 +288,15 @@ def _norm_bwd_op(s: torch.Tensor, weight: torch.Tensor, gy: Optional[torch.Tenso
             dw if dw is not None else s.new_empty(0))
 
 
-@_norm_bwd_op.register_fake
 def _norm_bwd_fake(s, weight, gy, gs, eps, x_dtype, r_dtype, want_dx, want_dr, want_dw):
     want_dw = want_dw and gy is not None
     return (s.new_empty(s.shape if want_dx else (0,), dtype=x_dtype),
             s.new_empty(s.shape if want_dr and r_dtype is not None else (0,), dtype=r_dtype or s.dtype),
             weight.new_empty(weight.shape if want_dw else (0,)))
+
+
+_norm_bwd_op = eager_op("vimamba::add_rms_norm_bwd", _norm_bwd_impl)
+_norm_bwd_op.op.register_fake(_norm_bwd_fake)
 
 
 def _norm_setup_context(ctx, inputs, output):
@@ -322,7 +322,9 @@ def _norm_backward(ctx, gy, gs):
             None, None, None)
 
 
-_norm_fwd_op.register_autograd(_norm_backward, setup_context=_norm_setup_context)
+_norm_fwd_op = eager_op("vimamba::add_rms_norm_fwd", _norm_fwd_impl,
+                        backward=_norm_backward, setup_context=_norm_setup_context)
+_norm_fwd_op.op.register_fake(_norm_fwd_fake)
 
 
 def _at_least_fp32(dtype: torch.dtype) -> torch.dtype:

@@ -161,3 +161,16 @@ def selective_scan_ref(
         y = y + add.to(acc)
     y = y.to(out_dtype)
     return (y, state) if return_last_state else y
+
+
+def selective_scan_bidir_ref(fwd, bwd, z=None, delta_softplus: bool = False, *, out=None):
+    """Vim's two scans: ``fwd`` = (u, delta, A, B, C[, D, delta_bias]) scanned from the first step to the last,
+    ``bwd`` from the last to the first, both gated by ``z``. Returns (y_fwd, y_bwd); ``out`` (inference only):
+    a pair of tensors that receive them."""
+    ys = []
+    for i, (sc, reverse) in enumerate(((fwd, False), (bwd, True))):
+        sc = tuple(sc) + (None,) * (7 - len(tuple(sc)))
+        u, delta, A, B, C, D, bias = sc
+        ys.append(selective_scan_ref(u, delta, A, B, C, D, z, bias, delta_softplus, False, reverse,
+                                     out=None if out is None else out[i]))
+    return ys[0], ys[1]

@@ -26,9 +26,13 @@ with no copy. Length-contiguous inputs work too, with strided (slower) loads. Th
 of u, delta, z, B, C are written time-major and returned as (batch, dim, length) / (batch, state, length)
 views of (batch, length, dim) / (batch, length, state) buffers (``.contiguous()`` if a caller needs it).
 
+``selective_scan_bidir_triton(fwd, bwd, z, delta_softplus)`` runs Vim's two scans (the second from the last step to
+the first) in one launch: the scan is latency-bound, so twice the rows per SM cost ~1.5x one scan, not 2x.
+
 Forward kernel: walks time one chunk of T steps at a time (T = 1 by default: a longer unrolled chunk made
 the loop body overflow the instruction cache on the H100, see NOTES_triton.md); the next chunk's per-channel
-inputs are loaded while the current one is computed, and the next B, C rows are touched early. Within a chunk
+inputs are loaded while the current one is computed, and the next B, C rows are touched early; B and C
+are read four states per load (inline PTX) where their rows are aligned. Within a chunk
 the recurrence is sequential inside each thread (one FMA per channel x state x step); softplus, the D skip
 and the silu(z) gate are fused.
 
@@ -67,9 +71,9 @@ import torch
 
 from .reference import check_scan_add, check_scan_inputs, check_scan_out
 
-from .._triton import HAS_TRITON, num_sms, tl, triton
+from .._triton import HAS_TRITON, eager_op, num_sms, tl, triton
 
-__all__ = ["HAS_TRITON", "selective_scan_triton"]
+__all__ = ["HAS_TRITON", "selective_scan_bidir_triton", "selective_scan_triton"]
 
 # tl.reduce with Triton's own sum combine instead of tl.sum: the same code compiled, but Triton's
 # interpreter runs it as one numpy sum (each call of the jitted tl.sum costs it about a millisecond)
@@ -90,9 +94,57 @@ _sum_comb = tl.standard._sum_combine if HAS_TRITON else None
 # a contiguous axis and lays the tile out along it, which puts the recurrence across lanes.
 # ----------------------------------------------------------------------------------------------------------
 
+def _softplus_impl(x):
+    # softplus(x) = max(x, 0) + log1p(e), e = exp(-|x|) in (0, 1]. log1p(e) = e * q(e), q a degree-8 polynomial
+    # fitted for relative error on [0, 1] (2e-7 in fp32, so exact for tiny e): one exp2 and nine FMAs where
+    # libdevice's log and a division cost ~45 instructions per (channel, step). Above x = 20 the added term is
+    # below x's rounding, which is torch's threshold.
+    e = tl.exp2(-tl.abs(x) * 1.4426950408889634)
+    q = 0.005232710584966079 * e - 0.029505304328954454
+    q = q * e + 0.07822605890596245
+    q = q * e - 0.1366325490125295
+    q = q * e + 0.19106011057354272
+    q = q * e - 0.24842983315937145
+    q = q * e + 0.3331909694664038
+    q = q * e - 0.49999493147180263
+    q = q * e + 0.9999999698800918
+    return tl.maximum(x, 0.0) + e * q
+
+
+def _load_states_impl(p, mask, VEC: tl.constexpr):
+    # B or C at the pointers p, as fp32. VEC: four consecutive states (a thread keeps them in descending order,
+    # see the index maps) in one 8-byte (16-bit types) or 16-byte (fp32) load, widened in the same asm; each
+    # of the four pointers is then the group's first state's, and all are in bounds (the launcher checks). GPU only: the interpreter cannot run PTX, and
+    # Triton's own vector loads would make the compiler lay the state axis across lanes.
+    if not VEC:
+        v = tl.load(p, mask=mask, other=0.0).to(tl.float32)
+    elif p.dtype.element_ty == tl.float32:
+        v = tl.inline_asm_elementwise("ld.global.nc.v4.f32 {$3, $2, $1, $0}, [$7];", "=f,=f,=f,=f,l,l,l,l",
+                                      [p], dtype=tl.float32, is_pure=True, pack=4)
+    elif p.dtype.element_ty == tl.bfloat16:
+        v = tl.inline_asm_elementwise(
+            "{ .reg .b32 w0, w1; ld.global.nc.v2.b32 {w0, w1}, [$7]; shl.b32 $3, w0, 16; "
+            "and.b32 $2, w0, 0xffff0000; shl.b32 $1, w1, 16; and.b32 $0, w1, 0xffff0000; }",
+            "=r,=r,=r,=r,l,l,l,l", [p], dtype=tl.int32, is_pure=True, pack=4).to(tl.float32, bitcast=True)
+    else:
+        v = tl.inline_asm_elementwise(
+            "{ .reg .b32 w0, w1; .reg .b16 h0, h1, h2, h3; ld.global.nc.v2.b32 {w0, w1}, [$7]; "
+            "mov.b32 {h0, h1}, w0; mov.b32 {h2, h3}, w1; cvt.f32.f16 $3, h0; cvt.f32.f16 $2, h1; "
+            "cvt.f32.f16 $1, h2; cvt.f32.f16 $0, h3; }",
+            "=f,=f,=f,=f,l,l,l,l", [p], dtype=tl.float32, is_pure=True, pack=4)
+    return v
+
+
+# Set by _get_kernels to the helpers above jitted in the kernels' mode (compiled or interpreted): a jitted
+# kernel calls only helpers of its own kind.
+_softplus = None
+_load_states = None
+
+
 def _scan_fwd_kernel(
     u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, add_ptr,
     out_ptr, last_ptr, hs_ptr,
+    u_r_ptr, dt_r_ptr, A_r_ptr, B_r_ptr, C_r_ptr, D_r_ptr, bias_r_ptr, out_r_ptr, hs_r_ptr,
     dim, nstate, L, n_chunks, n_hs, never,
     s_ub, s_ud, s_ul,
     s_tb, s_td, s_tl,
@@ -107,10 +159,27 @@ def _scan_fwd_kernel(
     HS_EVERY: tl.constexpr,
     EVEN_D: tl.constexpr, EVEN_N: tl.constexpr, PAD: tl.constexpr,
     T: tl.constexpr, NR: tl.constexpr, DR: tl.constexpr, W: tl.constexpr, NL: tl.constexpr, DL: tl.constexpr,
-    AHEAD: tl.constexpr,
+    AHEAD: tl.constexpr, VEC: tl.constexpr, BIDIR: tl.constexpr,
 ):
     pid_d = tl.program_id(0)
     pid_b = tl.program_id(1).to(tl.int64)
+    if BIDIR:
+        # Both directions of Vim's mixer in one launch (grid axis 2): the second scans its own inputs (the _r
+        # pointers, same strides) from the last step to the first. Twice the rows in flight per SM; the scan is
+        # latency-bound, so the pair costs ~1.3x one scan instead of 2x (NOTES_triton.md, run 5).
+        rev = tl.program_id(2)
+        if rev == 1:
+            u_ptr = u_r_ptr
+            dt_ptr = dt_r_ptr
+            A_ptr = A_r_ptr
+            B_ptr = B_r_ptr
+            C_ptr = C_r_ptr
+            D_ptr = D_r_ptr
+            bias_ptr = bias_r_ptr
+            out_ptr = out_r_ptr
+            hs_ptr = hs_r_ptr
+    else:
+        rev = REVERSE
     it = tl.arange(0, T)[:, None, None, None, None, None]
     inr = tl.arange(0, NR)[None, :, None, None, None, None]
     idr = tl.arange(0, DR)[None, None, :, None, None, None]
@@ -148,8 +217,13 @@ def _scan_fwd_kernel(
     z_off = d_x * s_zd
     a_off = d_x * s_ad
     o_off = d_x * s_od
-    B_off = n_x * s_Bn
-    C_off = n_x * s_Cn
+    if VEC:  # every element of a group of four points at the group's first state: one address per load
+        n_v = inl * NR + (NR - 4) - 4 * (inr // 4) + iw * 0 + idl * 0
+        B_off = n_v * s_Bn
+        C_off = n_v * s_Cn
+    else:
+        B_off = n_x * s_Bn
+        C_off = n_x * s_Cn
     u_b = u_ptr + pid_b * s_ub
     t_b = dt_ptr + pid_b * s_tb
     z_b = z_ptr + pid_b * s_zb
@@ -163,17 +237,11 @@ def _scan_fwd_kernel(
     lane_n = (idl // T) % nstate
     touch = tl.full([1, 1, 1, 1, 1, DL], 0.0, tl.float32)
 
-    if REVERSE:
-        c = n_chunks - 1
-    else:
-        c = 0
+    c = rev * (n_chunks - 1)
     # The chunk's per-channel tiles are loaded one chunk (T steps) ahead of their use, so that enough
     # memory requests are in flight. Step indices are clamped into [0, L): loads need no time mask
     # (padded steps are neutralised through dt = 0 and masked stores).
-    if REVERSE:
-        sgn = -1
-    else:
-        sgn = 1
+    sgn = 1 - 2 * rev
     tt = tl.minimum(tl.maximum(c * T + it, 0), L - 1)
     u_n = tl.load(u_b + tt * s_ul + u_off, mask=m_d, other=0.0)
     dt_n = tl.load(t_b + tt * s_tl + t_off, mask=m_d, other=0.0)
@@ -233,18 +301,13 @@ def _scan_fwd_kernel(
         if HAS_BIAS:
             dt = dt + bias
         if SOFTPLUS:
-            # softplus(x) = max(x, 0) + log1p(exp(-|x|)), log1p(e) = log(1+e) * e / ((1+e) - 1) (exact for tiny e)
-            e = tl.exp2(-tl.abs(dt) * 1.4426950408889634)
-            w1 = 1.0 + e
-            dw = w1 - 1.0
-            lp = tl.where(dw == 0.0, e, tl.log(w1) * (e / tl.where(dw == 0.0, 1.0, dw)))
-            dt = tl.where(dt > 20.0, dt, tl.maximum(dt, 0.0) + lp)
+            dt = _softplus(dt)
         if PAD:
             dt = tl.where(m_t, dt, 0.0)  # padded steps: decay 1, input 0, the identity of the scan
         du = dt * u
 
         if STORE_HS:  # state entering each backward segment (HS_EVERY of these chunks), in scan order
-            if REVERSE:
+            if rev == 1:
                 at_entry = (((c + 1) % HS_EVERY) == 0) | (c == n_chunks - 1)
             else:
                 at_entry = (c % HS_EVERY) == 0
@@ -255,13 +318,13 @@ def _scan_fwd_kernel(
         # are selects on compile-time constants plus adds of -0.0, which the compiler folds away.
         y = tl.full([T, 1, DR, W, 1, DL], 0.0, tl.float32)
         for jj in tl.static_range(T):
-            if REVERSE:
+            if REVERSE:  # (BIDIR runs chunks of one step, T = 1: j = 0 either way)
                 j = T - 1 - jj
             else:
                 j = jj
             tj = tl.minimum(t0 + j, L - 1)
-            B_j = tl.load(B_b + tj * s_Bl + B_off, mask=m_n, other=0.0).to(tl.float32)
-            C_j = tl.load(C_b + tj * s_Cl + C_off, mask=m_n, other=0.0).to(tl.float32)
+            B_j = _load_states(B_b + tj * s_Bl + B_off, m_n, VEC)
+            C_j = _load_states(C_b + tj * s_Cl + C_off, m_n, VEC)
             dt_j = tl.reduce(tl.where(it == j, dt, -0.0), 0, _sum_comb, keep_dims=True)
             du_j = tl.reduce(tl.where(it == j, du, -0.0), 0, _sum_comb, keep_dims=True)
             h = tl.exp2(dt_j * A2) * h + du_j * B_j
@@ -409,11 +472,7 @@ def _scan_bwd_kernel(
             if HAS_BIAS:
                 dt = dt + bias
             if SOFTPLUS:
-                e = tl.exp2(-tl.abs(dt) * 1.4426950408889634)
-                w1 = 1.0 + e
-                dw = w1 - 1.0
-                lp = tl.where(dw == 0.0, e, tl.log(w1) * (e / tl.where(dw == 0.0, 1.0, dw)))
-                dt = tl.where(dt > 20.0, dt, tl.maximum(dt, 0.0) + lp)
+                dt = _softplus(dt)
             if PAD:
                 dt = tl.where((t0 + ita) < L, dt, 0.0)
             du = dt * u
@@ -472,11 +531,7 @@ def _scan_bwd_kernel(
             if HAS_BIAS:
                 dt_raw = dt_raw + bias
             if SOFTPLUS:
-                e = tl.exp2(-tl.abs(dt_raw) * 1.4426950408889634)
-                w1 = 1.0 + e
-                dw = w1 - 1.0
-                lp = tl.where(dw == 0.0, e, tl.log(w1) * (e / tl.where(dw == 0.0, 1.0, dw)))
-                dt = tl.where(dt_raw > 20.0, dt_raw, tl.maximum(dt_raw, 0.0) + lp)
+                dt = _softplus(dt_raw)
             else:
                 dt = dt_raw
             if PAD:
@@ -588,6 +643,7 @@ def _interpret_mode() -> bool:
 
 
 _KERNELS: dict = {}
+_HELPERS: dict = {}
 # Strides along time and batch are never specialised (a unit time stride would make the compiler lay tiles
 # out along time); channel and state strides are (a unit stride becomes an immediate address offset).
 _STRIDE_ARGS = ("s_ub s_ul s_tb s_tl s_zb s_zl s_Bb s_Bl s_Cb s_Cl s_ob s_ol s_gb s_gl s_xb s_xl s_pp s_pb s_pl "
@@ -599,7 +655,11 @@ _CONFIG_OVERRIDE: Optional[dict] = None
 
 
 def _get_kernels():
+    global _softplus, _load_states
     interp = _interpret_mode()
+    if interp not in _HELPERS:
+        _HELPERS[interp] = (triton.jit(_softplus_impl), triton.jit(_load_states_impl))
+    _softplus, _load_states = _HELPERS[interp]
     kern = _KERNELS.get(interp)
     if kern is None:
         fwd_args = [p for p in _STRIDE_ARGS if p in _scan_fwd_kernel.__code__.co_varnames]
@@ -638,10 +698,14 @@ def _config(kind: str, dim: int, nstate: int, length: int, interp: bool, rows_pe
         nl = max(min(2, bn), min(nl, 8, bn))
         return (1, bn // nl, 1, 1, nl, 32 // nl, 32)
     nl = 1 << max(0, round(math.log2(384.0 / rows)))
+    if length >= 1024 and rows >= 128:
+        # run 5 (session 3): at length 6085 two lanes per channel won at both 186 and 372 rows per SM
+        # (3.05 ms against 3.94 with one lane; 3.91 against 4.26), one warp per program, one-step chunks
+        nl = 2
     nl = min(nl, 16, bn)
     # long sequences: a second chunk of inputs in flight (-11% at batch 64, -4% at 8, length 6085; +9% at 197)
     ahead = 2 if length >= 1024 else 1
-    return (1 if nl == 1 else 2, bn // nl, 1, 2 if nl == 2 else 1, nl, 32 // nl, ahead)
+    return (1 if nl <= 2 else 2, bn // nl, 1, 1, nl, 32 // nl, ahead)
 
 
 def _check_tile(T, NR, DR, W, NL, DL, nstate):
@@ -654,6 +718,15 @@ def _check_tile(T, NR, DR, W, NL, DL, nstate):
         raise ValueError(f"tile {(T, NR, DR, W, NL, DL)} covers {NR * NL} states, fewer than {nstate}")
 
 
+def _vec_ok(x: torch.Tensor, NR: int, NL: int, nstate: int) -> bool:
+    """Whether B or C (batch, state, length) can be read four states per load: unit state stride, every row
+    aligned to the load's width (8 bytes for 16-bit types, 16 for fp32), all states present."""
+    width = 16 if x.dtype == torch.float32 else 8
+    el = x.element_size()
+    return (NR % 4 == 0 and NR * NL == nstate and x.stride(1) == 1 and x.data_ptr() % width == 0
+            and (x.stride(0) * el) % width == 0 and (x.stride(2) * el) % width == 0)
+
+
 def _atomic_bc() -> bool:
     return bool(_CONFIG_OVERRIDE and _CONFIG_OVERRIDE.get("atomic_bc"))
 
@@ -662,17 +735,28 @@ def _atomic_bc() -> bool:
 # Launchers
 # ----------------------------------------------------------------------------------------------------------
 
-def _launch_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, want_last, want_hs, add=None, out=None):
+def _launch_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, want_last, want_hs, add=None, out=None,
+                second=None, out_second=None):
+    """One forward launch. ``second``: (u, delta, A, B, C, D, delta_bias) of a second scan over the same z that
+    runs from the last step to the first, in the same launch (Vim's backward branch; ``reverse``, ``add`` and
+    the last state are then not used); its output goes to ``out_second``, its saved states are returned too."""
     batch, dim, length = u.shape
     nstate = A.shape[1]
     fwd, _, interp = _get_kernels()
-    rows = batch * dim / num_sms(u.device)
+    n_dir = 2 if second is not None else 1
+    rows = n_dir * batch * dim / num_sms(u.device)
     cfg = _config("fwd", dim, nstate, length, interp, rows)
+    if second is not None:
+        cfg = (1,) + tuple(cfg[1:])  # a direction chosen at run time walks chunks of one step
     T, NR, DR, W, NL, DL = cfg[:6]
     ahead = cfg[6] if len(cfg) > 6 else 1  # chunks of u, delta, z loaded ahead of their use: 1 or 2
+    scans = [(u, delta, A, B, C, D, delta_bias)] + ([tuple(second)] if second is not None else [])
+    vec = not interp and all(_vec_ok(x, NR, NL, nstate) for sc in scans for x in sc[3:5])
+    if _CONFIG_OVERRIDE and "vec" in _CONFIG_OVERRIDE:
+        vec = vec and bool(_CONFIG_OVERRIDE["vec"])
     _check_tile(T, NR, DR, W, NL, DL, nstate)
     if want_hs:  # the states entering each segment of the backward
-        cfg_b = _config("bwd", dim, nstate, length, interp, rows)
+        cfg_b = _config("bwd", dim, nstate, length, interp, batch * dim / num_sms(u.device))
         seg = cfg_b[0] * cfg_b[6]
     else:
         seg = T
@@ -684,13 +768,29 @@ def _launch_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, want_las
     if out is None:  # written time-major, returned as a (batch, dim, length) view: lanes store consecutive channels
         out = torch.empty((batch, length, dim), device=dev, dtype=u.dtype).transpose(1, 2)
     last = torch.empty((batch, dim, nstate), device=dev, dtype=torch.float32) if want_last else None
-    hs = torch.empty((batch, n_hs, dim, nstate), device=dev, dtype=torch.float32) if want_hs else None
+    hs = [torch.empty((batch, n_hs, dim, nstate), device=dev, dtype=torch.float32) if want_hs else A
+          for _ in scans]
     zz = z if z is not None else u
-    grid = (triton.cdiv(dim, DR * W * DL), batch)
     aa = add if add is not None else u
+    if second is not None:
+        for name, x, y in (("u", u, second[0]), ("delta", delta, second[1]), ("B", B, second[3]),
+                           ("C", C, second[4]), ("out", out, out_second)):
+            if x.shape != y.shape or x.stride() != y.stride() or x.dtype != y.dtype:
+                raise ValueError(f"the two scans' {name} differ in shape, strides or dtype: "
+                                 f"{tuple(x.shape)}/{x.stride()}/{x.dtype} and {tuple(y.shape)}/{y.stride()}/{y.dtype}")
+        for name, x, y in (("D", D, second[5]), ("delta_bias", delta_bias, second[6])):
+            if (x is None) != (y is None):
+                raise ValueError(f"{name} must be given for both scans or for neither")
+        u_r, delta_r, A_r, B_r, C_r, D_r, bias_r = second
+        out_r = out_second
+    else:
+        u_r, delta_r, A_r, B_r, C_r, D_r, bias_r, out_r = u, delta, A, B, C, D, delta_bias, out
+    grid = (triton.cdiv(dim, DR * W * DL), batch, n_dir)
     fwd[grid](
         u, delta, A, B, C, D if D is not None else A, zz, delta_bias if delta_bias is not None else A, aa,
-        out, last if last is not None else A, hs if hs is not None else A,
+        out, last if last is not None else A, hs[0],
+        u_r, delta_r, A_r, B_r, C_r, D_r if D_r is not None else A_r, bias_r if bias_r is not None else A_r,
+        out_r, hs[-1],
         dim, nstate, length, n_chunks, n_hs, 0,
         u.stride(0), u.stride(1), u.stride(2),
         delta.stride(0), delta.stride(1), delta.stride(2),
@@ -701,12 +801,15 @@ def _launch_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, want_las
         out.stride(0), out.stride(1), out.stride(2),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, HAS_ADD=add is not None,
         SOFTPLUS=bool(softplus),
-        REVERSE=bool(reverse), STORE_HS=bool(want_hs), STORE_LAST=bool(want_last),
+        REVERSE=bool(reverse) and second is None, STORE_HS=bool(want_hs), STORE_LAST=bool(want_last),
         HS_EVERY=seg // T,
         EVEN_D=dim % (DR * W * DL) == 0, EVEN_N=nstate == NR * NL, PAD=length % T != 0,
-        T=T, NR=NR, DR=DR, W=W, NL=NL, DL=DL, AHEAD=ahead, num_warps=W,
+        T=T, NR=NR, DR=DR, W=W, NL=NL, DL=DL, AHEAD=ahead, VEC=vec, BIDIR=second is not None, num_warps=W,
     )
-    return out, last, hs, seg
+    hs = [h if want_hs else None for h in hs]
+    if second is not None:
+        return out, out_second, hs[0], hs[1], seg
+    return out, last, hs[0], seg
 
 
 def _launch_bwd(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, hs, chunk, dout, dlast):
@@ -797,10 +900,9 @@ def _time_major(batch: int, dim: int, length: int, like: torch.Tensor, dtype: to
     return like.new_empty((batch, length, dim), dtype=dtype).transpose(1, 2)
 
 
-# Registered as custom ops, so torch.compile keeps a whole model in one graph (the op is opaque to it) and
-# CUDA graphs capture the launches as they are. Absent outputs are empty tensors (custom ops return tensors).
-@torch.library.custom_op("vimamba::selective_scan_fwd", mutates_args=())
-def _scan_fwd_op(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+# Registered as custom ops (``eager_op``), so torch.compile keeps a whole model in one graph (the op is opaque
+# to it); eager calls skip torch.library's dispatch; CUDA graphs capture the launches as they are. Absent outputs are empty tensors (custom ops return tensors).
+def _scan_fwd_impl(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
                  D: Optional[torch.Tensor], z: Optional[torch.Tensor], delta_bias: Optional[torch.Tensor],
                  softplus: bool, reverse: bool, want_last: bool, want_hs: bool,
                  add: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -811,7 +913,6 @@ def _scan_fwd_op(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch
         hs if hs is not None else u.new_empty(0, dtype=torch.float32)
 
 
-@_scan_fwd_op.register_fake
 def _scan_fwd_fake(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, want_last, want_hs, add):
     batch, dim, length = u.shape
     nstate = A.shape[1]
@@ -824,21 +925,22 @@ def _scan_fwd_fake(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, want_
 # Inference without a new output tensor: the result goes into ``out``, which may be ``add`` itself (each
 # element of add is read by the lanes that later store that element's output, a chunk or two before, so an
 # in-place sum is safe). Vim's mixer uses it under no_grad to keep one (batch, length, dim) tensor fewer alive.
-@torch.library.custom_op("vimamba::selective_scan_fwd_out", mutates_args=("out",))
-def _scan_fwd_out_op(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+def _scan_fwd_out_impl(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
                      D: Optional[torch.Tensor], z: Optional[torch.Tensor], delta_bias: Optional[torch.Tensor],
                      softplus: bool, reverse: bool, add: Optional[torch.Tensor], out: torch.Tensor) -> None:
     with _on_device(u):
         _launch_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, False, False, add, out)
 
 
-@_scan_fwd_out_op.register_fake
 def _scan_fwd_out_fake(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, add, out):
     return None
 
 
-@torch.library.custom_op("vimamba::selective_scan_bwd", mutates_args=())
-def _scan_bwd_op(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+_scan_fwd_out_op = eager_op("vimamba::selective_scan_fwd_out", _scan_fwd_out_impl, mutates_args=("out",))
+_scan_fwd_out_op.op.register_fake(_scan_fwd_out_fake)
+
+
+def _scan_bwd_impl(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
                  D: Optional[torch.Tensor], z: Optional[torch.Tensor], delta_bias: Optional[torch.Tensor],
                  softplus: bool, reverse: bool, hs: torch.Tensor, dout: torch.Tensor,
                  dlast: Optional[torch.Tensor]) -> List[torch.Tensor]:
@@ -849,7 +951,6 @@ def _scan_bwd_op(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch
     return [g if g is not None else u.new_empty(0) for g in grads]
 
 
-@_scan_bwd_op.register_fake
 def _scan_bwd_fake(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, hs, dout, dlast):
     batch, dim, length = u.shape
     nstate = A.shape[1]
@@ -864,6 +965,10 @@ def _scan_bwd_fake(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, hs, d
         _time_major(batch, dim, length, u, z.dtype) if z is not None else u.new_empty(0),
         u.new_empty((dim,) if delta_bias is not None else (0,), dtype=torch.float32),
     ]
+
+
+_scan_bwd_op = eager_op("vimamba::selective_scan_bwd", _scan_bwd_impl)
+_scan_bwd_op.op.register_fake(_scan_bwd_fake)
 
 
 def _scan_setup_context(ctx, inputs, output):
@@ -891,7 +996,142 @@ def _scan_backward(ctx, dout, dlast, _dhs):
             dbias if delta_bias is not None else None, None, None, None, None, dadd)
 
 
-_scan_fwd_op.register_autograd(_scan_backward, setup_context=_scan_setup_context)
+_scan_fwd_op = eager_op("vimamba::selective_scan_fwd", _scan_fwd_impl,
+                        backward=_scan_backward, setup_context=_scan_setup_context)
+_scan_fwd_op.op.register_fake(_scan_fwd_fake)
+
+
+# Both branches of Vim's mixer in one launch (the second scans from the last step to the first). Inputs are
+# the two scans' (u, delta, A, B, C, D, delta_bias) in a row, then the shared z.
+def _bidir_fwd_impl(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+                  D: Optional[torch.Tensor], delta_bias: Optional[torch.Tensor],
+                  u_r: torch.Tensor, delta_r: torch.Tensor, A_r: torch.Tensor, B_r: torch.Tensor,
+                  C_r: torch.Tensor, D_r: Optional[torch.Tensor], delta_bias_r: Optional[torch.Tensor],
+                  z: Optional[torch.Tensor], softplus: bool,
+                  want_hs: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    batch, dim, length = u.shape
+    out_r = _time_major(batch, dim, length, u, u.dtype)
+    with _on_device(u):
+        out, out_r, hs, hs_r, _ = _launch_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, False, False, want_hs,
+                                              second=(u_r, delta_r, A_r, B_r, C_r, D_r, delta_bias_r),
+                                              out_second=out_r)
+    def given(h):  # each absent output its own empty tensor (outputs of a custom op may not alias)
+        return h if h is not None else u.new_empty(0, dtype=torch.float32)
+
+    return out, out_r, given(hs), given(hs_r)
+
+
+def _bidir_fwd_fake(u, delta, A, B, C, D, delta_bias, u_r, delta_r, A_r, B_r, C_r, D_r, delta_bias_r, z, softplus,
+                    want_hs):
+    batch, dim, length = u.shape
+    nstate = A.shape[1]
+    n_hs = -(-length // _segment(dim, nstate, length)) if want_hs else 0
+    shape = (batch, n_hs, dim, nstate) if want_hs else (0,)
+    return (_time_major(batch, dim, length, u, u.dtype), _time_major(batch, dim, length, u, u.dtype),
+            u.new_empty(shape, dtype=torch.float32), u.new_empty(shape, dtype=torch.float32))
+
+
+# Inference: the two results go into out and out_r, which may be u and u_r themselves (each element of u is
+# read by the thread that later stores that element's output, one or two steps before: an in-place scan is
+# safe). Vim's mixer uses it under no_grad, so both branches' outputs take no memory of their own.
+def _bidir_fwd_out_impl(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+                      D: Optional[torch.Tensor], delta_bias: Optional[torch.Tensor],
+                      u_r: torch.Tensor, delta_r: torch.Tensor, A_r: torch.Tensor, B_r: torch.Tensor,
+                      C_r: torch.Tensor, D_r: Optional[torch.Tensor], delta_bias_r: Optional[torch.Tensor],
+                      z: Optional[torch.Tensor], softplus: bool, out: torch.Tensor, out_r: torch.Tensor) -> None:
+    with _on_device(u):
+        _launch_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, False, False, False, out=out,
+                    second=(u_r, delta_r, A_r, B_r, C_r, D_r, delta_bias_r), out_second=out_r)
+
+
+def _bidir_fwd_out_fake(u, delta, A, B, C, D, delta_bias, u_r, delta_r, A_r, B_r, C_r, D_r, delta_bias_r, z,
+                        softplus, out, out_r):
+    return None
+
+
+_bidir_fwd_out_op = eager_op("vimamba::selective_scan_bidir_fwd_out", _bidir_fwd_out_impl,
+                             mutates_args=("out", "out_r"))
+_bidir_fwd_out_op.op.register_fake(_bidir_fwd_out_fake)
+
+
+def _bidir_setup_context(ctx, inputs, output):
+    *tensors, softplus, _want_hs = inputs
+    ctx.save_for_backward(*tensors, output[2], output[3])
+    ctx.softplus = softplus
+    ctx.set_materialize_grads(False)
+
+
+def _bidir_backward(ctx, dout, dout_r, _dhs, _dhs_r):
+    saved = ctx.saved_tensors
+    (u, delta, A, B, C, D, bias), (u_r, delta_r, A_r, B_r, C_r, D_r, bias_r) = saved[:7], saved[7:14]
+    z, hs, hs_r = saved[14], saved[15], saved[16]
+    if hs.numel() == 0:
+        raise RuntimeError("selective_scan_triton: the forward ran without saving states for a backward")
+    grads = []
+    for (uu, dd, AA, BB, CC, DD, bb), h, g, rev in (((u, delta, A, B, C, D, bias), hs, dout, False),
+                                                    ((u_r, delta_r, A_r, B_r, C_r, D_r, bias_r), hs_r, dout_r, True)):
+        if g is None:
+            g = torch.zeros_like(uu)
+        du, ddelta, dA, dB, dC, dD, dz, dbias = _scan_bwd_op(uu, dd, AA, BB, CC, DD, z, bb, ctx.softplus, rev, h,
+                                                             g, None)
+        grads.append((du, ddelta, dA, dB, dC, dD if DD is not None else None, dbias if bb is not None else None,
+                      dz if z is not None else None))
+    (g_f, g_r) = grads
+    dz = g_f[7] + g_r[7] if z is not None else None
+    return (*g_f[:7], *g_r[:7], dz, None, None)
+
+
+_bidir_fwd_op = eager_op("vimamba::selective_scan_bidir_fwd", _bidir_fwd_impl,
+                         backward=_bidir_backward, setup_context=_bidir_setup_context)
+_bidir_fwd_op.op.register_fake(_bidir_fwd_fake)
+
+
+def selective_scan_bidir_triton(fwd, bwd, z=None, delta_softplus=False, *, out=None):
+    """Vim's two scans in one launch: ``fwd`` = (u, delta, A, B, C, D, delta_bias) scanned from the first step
+    to the last, ``bwd`` (same shapes, strides and dtypes) from the last to the first (``reverse=True``), both
+    gated by the same ``z``. Returns (y_fwd, y_bwd), each what ``selective_scan_triton`` gives for its scan.
+    ``out``: inference only, a pair of tensors that receive the results and may be the two u's themselves."""
+    if not HAS_TRITON:
+        raise RuntimeError("selective_scan_bidir_triton needs the triton package")
+    fwd, bwd = _scan_tuple(fwd, "fwd"), _scan_tuple(bwd, "bwd")
+    for name, sc in (("fwd", fwd), ("bwd", bwd)):
+        u, delta, A, B, C, D, bias = sc
+        check_scan_inputs(u, delta, A, B, C, D, z, bias)
+        if B.dim() != 3 or C.dim() != 3:
+            raise NotImplementedError(f"selective_scan_bidir_triton: {name} needs input-dependent B and C of shape "
+                                      f"(batch, state, length); got B {tuple(B.shape)}, C {tuple(C.shape)}")
+    if not fwd[0].is_cuda and not _interpret_mode():
+        raise NotImplementedError("selective_scan_bidir_triton on CPU tensors runs in Triton's interpreter only: "
+                                  "set TRITON_INTERPRET=1, or use selective_scan_bidir_ref")
+    fwd, bwd = _fp32_params(fwd), _fp32_params(bwd)
+    if out is not None:
+        out_f, out_r = out
+        for o in (out_f, out_r):
+            check_scan_out(fwd[0], o, (*fwd, *bwd, z), False)
+        if fwd[0].numel():
+            _bidir_fwd_out_op(*fwd, *bwd, z, bool(delta_softplus), out_f, out_r)
+        return out_f, out_r
+    if fwd[0].numel() == 0:
+        return torch.empty_like(fwd[0]), torch.empty_like(bwd[0])
+    want_hs = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (*fwd, *bwd, z))
+    y_f, y_r, _, _ = _bidir_fwd_op(*fwd, *bwd, z, bool(delta_softplus), want_hs)
+    return y_f, y_r
+
+
+def _scan_tuple(sc, name):
+    sc = tuple(sc)
+    if len(sc) == 5:
+        sc = sc + (None, None)
+    if len(sc) != 7:
+        raise ValueError(f"{name} must be (u, delta, A, B, C[, D, delta_bias]), got {len(sc)} items")
+    return sc
+
+
+def _fp32_params(sc):
+    """A, D and delta_bias in fp32, contiguous (a copy only when they are not already)."""
+    u, delta, A, B, C, D, bias = sc
+    f32 = lambda t: t.to(torch.float32).contiguous() if t is not None else None  # noqa: E731
+    return (u, delta, f32(A), B, C, f32(D), f32(bias))
 
 
 def selective_scan_triton(
