@@ -21,10 +21,14 @@ def fake_results():
 
 
 def test_default_cases_cover_the_targets():
-    cases = benchmark.default_cases(benchmark.MODELS)
+    cases = benchmark.default_cases(benchmark.MODELS, graph=True)
     keys = {(c.model, c.mode, c.img_size, c.batch) for c in cases}
     for _, vim, deit, mode, size, batch, _, _ in benchmark.TARGETS:
         assert (vim, mode, size, batch) in keys and (deit, mode, size, batch) in keys
+    # CUDA-graph replays only on request, and then for every inference case of every model
+    assert not any(c.mode == "graph" for c in benchmark.default_cases(benchmark.MODELS))
+    infer = {(c.model, c.img_size, c.batch) for c in cases if c.mode == "infer"}
+    assert infer == {(c.model, c.img_size, c.batch) for c in cases if c.mode == "graph"}
     assert not any(c.mode == "train" and "eager" in c.model for c in cases)
     with pytest.raises(ValueError, match="unknown benchmark model"):
         benchmark.default_cases(["resnet50"])

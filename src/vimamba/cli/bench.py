@@ -27,6 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--img-size", nargs="+", type=int, metavar="SIZE",
                         help="only these inference sizes (default: 224 512 738 1024 1248)")
     parser.add_argument("--no-train", action="store_true", help="skip the training-step measurements")
+    parser.add_argument("--cuda-graph", action="store_true",
+                        help="also time every inference case as the replay of a CUDA graph (mode 'graph', all models "
+                             "alike): the GPU's own time, without Python and launch overhead")
     parser.add_argument("--dtype", choices=list(DTYPES), default="bf16", help="autocast dtype (default: bf16)")
     parser.add_argument("--output", type=Path, default=Path("benchmarks/results"),
                         help="folder for bench.json and bench.png (default: benchmarks/results)")
@@ -36,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if not torch.cuda.is_available():
         raise CLIError("bench measures GPU speed and needs a CUDA device; none is visible to PyTorch")
-    cases = benchmark.default_cases(args.models, args.img_size, train=not args.no_train)
+    cases = benchmark.default_cases(args.models, args.img_size, train=not args.no_train, graph=args.cuda_graph)
     dtype = DTYPES[args.dtype]
     env = benchmark.environment(dtype)
     print(f"device: {env['device']}  torch {env['torch']}  triton {env.get('triton', '-')}  timm {env['timm']}  "

@@ -1,0 +1,88 @@
+"""Where the time of a small batch goes: host (Python, dispatch, kernel launches) against GPU.
+
+    PYTHONPATH=src python benchmarks/host_overhead.py --out results/host_overhead.json [--size 224 --batch 128]
+
+For Vim-Ti and timm's DeiT-Ti (SDPA), inference under bf16 autocast: milliseconds per batch run eagerly
+(events around back-to-back calls: the host's launch rate shows when it is the slower side) and as the
+replay of a CUDA graph of the same forward (the GPU's own time, launches gone). Their difference is the
+host overhead per batch. Then a cProfile of Vim's eager forward, the functions with the most own time, to
+say where the host spends it. Prints a table; writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import json
+import os
+import pstats
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "src"))
+
+from vimamba import benchmark  # noqa: E402
+
+
+def _graph_ms(model, images, dtype):
+    """Milliseconds per replay of a CUDA graph of one forward (captured after warm-up on a side stream)."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream), torch.inference_mode(), torch.autocast("cuda", dtype=dtype):
+        for _ in range(3):
+            model(images)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph), torch.inference_mode(), torch.autocast("cuda", dtype=dtype):
+        model(images)
+    return benchmark._time_cuda(graph.replay, warmup=3, iters=30)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", required=True)
+    p.add_argument("--size", type=int, default=224)
+    p.add_argument("--batch", type=int, default=128)
+    args = p.parse_args()
+    dtype = torch.bfloat16
+    device = torch.device("cuda")
+    report = {"env": benchmark.environment(dtype), "size": args.size, "batch": args.batch, "models": {}}
+    for name in ("vim_tiny", "deit_tiny_sdpa"):
+        model = benchmark.build_model(name, args.size, device).eval()
+        images = torch.randn(args.batch, 3, args.size, args.size, device=device)
+
+        def step(model=model, images=images):
+            with torch.inference_mode(), torch.autocast("cuda", dtype=dtype):
+                model(images)
+
+        eager = benchmark._time_cuda(step, warmup=3, iters=20)
+        graph = _graph_ms(model, images, dtype)
+        row = {"eager_ms": eager, "graph_ms": graph, "host_overhead_ms": eager - graph}
+        if name.startswith("vim"):
+            prof = cProfile.Profile()
+            prof.enable()
+            for _ in range(5):
+                step()
+            torch.cuda.synchronize()
+            prof.disable()
+            text = io.StringIO()
+            pstats.Stats(prof, stream=text).sort_stats("tottime").print_stats(25)
+            row["cprofile_top_tottime"] = text.getvalue()
+        report["models"][name] = row
+        del model
+        torch.cuda.empty_cache()
+    print(f"device: {report['env']['device']}, {args.size}x{args.size}, batch {args.batch}, bf16")
+    print("| model | eager ms/batch | CUDA-graph ms/batch | host overhead ms |")
+    print("| --- | --- | --- | --- |")
+    for name, row in report["models"].items():
+        print(f"| {name} | {row['eager_ms']:.2f} | {row['graph_ms']:.2f} | {row['host_overhead_ms']:.2f} |")
+    print(report["models"]["vim_tiny"]["cprofile_top_tottime"][:6000])
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(report, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
