@@ -119,9 +119,9 @@ def test_scan_custom_op_passes_opcheck():
     Bm, Cm = torch.randn(2, 4, 11, requires_grad=True), torch.randn(2, 4, 11, requires_grad=True)
     D, bias = torch.randn(6, requires_grad=True), torch.randn(6, requires_grad=True)
     torch.library.opcheck(triton_scan._scan_fwd_op.op, (u, dt, A, Bm, Cm, D, z, bias, True, True, True, True, None))
-    add = torch.randn(2, 11, 6).transpose(1, 2).requires_grad_(True)  # time-major, as the mixer passes it
+    add = torch.randn(2, 11, 6).transpose(1, 2).requires_grad_(True)  # time-major, as a Linear layer's output
     torch.library.opcheck(triton_scan._scan_fwd_op.op, (u, dt, A, Bm, Cm, D, z, bias, True, True, True, True, add))
-    with torch.no_grad():  # the inference variant writes into out (here: add itself, as the mixer does)
+    with torch.no_grad():  # the inference variant writes into out (here: add itself, an in-place branch sum)
         args = [t.detach() if isinstance(t, torch.Tensor) else t for t in (u, dt, A, Bm, Cm, D, z, bias)]
         target = add.detach().clone()
         torch.library.opcheck(triton_scan._scan_fwd_out_op.op, (*args, True, True, target, target),

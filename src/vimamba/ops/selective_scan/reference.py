@@ -107,8 +107,7 @@ def selective_scan_ref(
 
     ``reverse=True`` scans from the last step to the first (Vim's backward branch); it equals flipping
     every time-indexed input, scanning, and flipping the output back. ``add`` (u's shape, any float dtype)
-    is added to the output before its single rounding to u's dtype: Vim's backward branch adds the forward
-    branch's output this way. ``out`` (inference only) receives the result and is returned; it may be ``add``.
+    is added to the output before its single rounding to u's dtype (a branch sum fused into the scan). ``out`` (inference only) receives the result and is returned; it may be ``add``.
 
     Vectorised over batch, channels and state; the only Python loop is over time, because each step
     depends on the one before. Per step it does two element-wise ops on a (batch, dim, state) tensor,

@@ -5,8 +5,9 @@ return_last_state=False, reverse=False)`` has the semantics of ``selective_scan_
 (batch, state, length); other B/C shapes (and fp64 inputs) raise ``NotImplementedError`` (the dispatcher
 sends those to the reference). ``reverse=True`` scans from the last step to the first: the kernels walk time
 backwards, nothing is flipped or copied. ``add=`` (u's shape) is added to the output inside the kernel,
-before its one rounding: Vim's backward branch adds the forward branch's output there instead of in a
-separate pass. ``out=`` (no autograd) writes the result into a given tensor, which may be ``add``. It is a ``torch.autograd.Function``: gradients reach u, delta, A, B,
+before its one rounding: a branch sum without a separate pass (one scan's output added into the other's
+as it is written; Vim's mixer now runs its two scans in one launch instead, ``selective_scan_bidir_triton``).
+``out=`` (no autograd) writes the result into a given tensor, which may be ``add``. It is a ``torch.autograd.Function``: gradients reach u, delta, A, B,
 C, D, z and delta_bias (each optional one when given), and flow back from the returned last state too.
 
 Recurrence (per batch b, channel d, state n; ``dt`` is ``delta + delta_bias``, softplus'ed if asked)::
@@ -924,7 +925,7 @@ def _scan_fwd_fake(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, want_
 
 # Inference without a new output tensor: the result goes into ``out``, which may be ``add`` itself (each
 # element of add is read by the lanes that later store that element's output, a chunk or two before, so an
-# in-place sum is safe). Vim's mixer uses it under no_grad to keep one (batch, length, dim) tensor fewer alive.
+# in-place sum is safe): a branch sum under no_grad with one (batch, length, dim) tensor fewer alive.
 def _scan_fwd_out_impl(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
                      D: Optional[torch.Tensor], z: Optional[torch.Tensor], delta_bias: Optional[torch.Tensor],
                      softplus: bool, reverse: bool, add: Optional[torch.Tensor], out: torch.Tensor) -> None:
