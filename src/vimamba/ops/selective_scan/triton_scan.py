@@ -28,7 +28,7 @@ of u, delta, z, B, C are written time-major and returned as (batch, dim, length)
 views of (batch, length, dim) / (batch, length, state) buffers (``.contiguous()`` if a caller needs it).
 
 ``selective_scan_bidir_triton(fwd, bwd, z, delta_softplus)`` runs Vim's two scans (the second from the last step to
-the first) in one launch: the scan is latency-bound, so twice the rows per SM cost ~1.5x one scan, not 2x.
+the first) in one launch: the scan is latency-bound, so twice the rows per SM cost ~1.3x one scan, not 2x.
 
 Forward kernel: walks time one chunk of T steps at a time (T = 1 by default: a longer unrolled chunk made
 the loop body overflow the instruction cache on the H100, see NOTES_triton.md); the next chunk's per-channel
