@@ -15,6 +15,7 @@ import functools
 import os
 
 import torch
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 try:
     import triton
@@ -86,8 +87,6 @@ _PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
 def _tracing(args) -> bool:
     """Whether a call is being traced (torch.compile, AOT autograd, make_fx, fake or functional tensors):
     then the registered op must appear, not the kernels behind it."""
-    from torch.utils._python_dispatch import _get_current_dispatch_mode
-
     if torch.compiler.is_compiling() or _get_current_dispatch_mode() is not None:
         return True
     return any(isinstance(a, torch.Tensor) and type(a) not in _PLAIN_TENSORS for a in args)

@@ -1128,11 +1128,16 @@ def _scan_tuple(sc, name):
     return sc
 
 
+def _per_channel_fp32(*params):
+    """The small per-channel parameters (A, D, delta_bias) in fp32, contiguous (a copy only when they are not
+    already); absent ones stay None."""
+    return tuple(t.to(torch.float32).contiguous() if t is not None else None for t in params)
+
+
 def _fp32_params(sc):
-    """A, D and delta_bias in fp32, contiguous (a copy only when they are not already)."""
     u, delta, A, B, C, D, bias = sc
-    f32 = lambda t: t.to(torch.float32).contiguous() if t is not None else None  # noqa: E731
-    return (u, delta, f32(A), B, C, f32(D), f32(bias))
+    A, D, bias = _per_channel_fp32(A, D, bias)
+    return (u, delta, A, B, C, D, bias)
 
 
 def selective_scan_triton(
@@ -1173,10 +1178,7 @@ def selective_scan_triton(
     if not u.is_cuda and not _interpret_mode():
         raise NotImplementedError("selective_scan_triton on CPU tensors runs in Triton's interpreter only: "
                                   "set TRITON_INTERPRET=1, or use selective_scan_ref")
-    # Small per-channel parameters: fp32, contiguous (a copy only when they are not already).
-    A = A.to(torch.float32).contiguous()
-    D = D.to(torch.float32).contiguous() if D is not None else None
-    delta_bias = delta_bias.to(torch.float32).contiguous() if delta_bias is not None else None
+    A, D, delta_bias = _per_channel_fp32(A, D, delta_bias)
     if out is not None:
         if u.numel():
             _scan_fwd_out_op(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus), bool(reverse), add, out)
