@@ -136,9 +136,10 @@ def sweep(problems, fwd_cfgs, bwd_cfgs, dim=384, nstate=16):
     return rows
 
 
-def sweep_bidir():
+def sweep_bidir(variants=None):
     """Both directions in one launch (selective_scan_bidir_triton) over forward tiles (chunks of one step), at
-    Vim-Ti 1248 batch 64, Vim-Ti 224 batch 128 and Vim-S 1248 batch 32; each against the two single scans."""
+    Vim-Ti 1248 batch 64, Vim-Ti 224 batch 128 and Vim-S 1248 batch 32; each against the two single scans.
+    ``variants(length)``: the tiles or override dicts to time (default: NL 1, 2, 4 x one or two warps)."""
     import triton
 
     from vimamba.ops.selective_scan.triton_scan import selective_scan_bidir_triton
@@ -152,6 +153,8 @@ def sweep_bidir():
         nl_opts = (1, 2, 4) if length > 1000 else (1, 2)
         cfgs = ["default"] + [(1, 16 // nl, 1, w, nl, 32 // nl, 2 if length > 1000 else 1)
                               for nl in nl_opts for w in (1, 2)]
+        if variants is not None:
+            cfgs = variants(length)
         first = None
         for cfg in cfgs:
             triton_scan._CONFIG_OVERRIDE = _override("fwd", cfg, 2 * batch, dim, 16, length)
@@ -217,25 +220,43 @@ def profile_model(name, img_size, batch, train):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", help="JSON file for the results (required but with --one-fwd/--one-bidir)")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--profile", action="store_true")
     p.add_argument("--no-sweep", action="store_true")
     p.add_argument("--bwd-only", action="store_true")
-    p.add_argument("--grid", choices=("layouts", "dr", "v4", "bidir"), default="layouts",
+    p.add_argument("--grid", choices=("layouts", "dr", "v4", "bidir", "v5"), default="layouts",
                    help="layouts: states over registers/lanes x chunk x warps (DR = 1); dr: the shipped rule "
                         "against one or two chunks in flight and against two channels per thread")
     p.add_argument("--one-fwd", metavar="BATCHxLENGTH",
                    help="run the shipped forward once at this size and exit (for a profiler such as ncu)")
+    p.add_argument("--one-bidir", metavar="BATCHxLENGTH",
+                   help="as --one-fwd for the mixer's two scans in one launch")
+    p.add_argument("--tile", metavar="JSON",
+                   help="with --one-fwd/--one-bidir: a forward tile (list) or override dict instead of the rule's")
     args = p.parse_args()
+    if not (args.out or args.one_fwd or args.one_bidir):
+        p.error("--out is required (but with --one-fwd or --one-bidir)")
     import triton
 
-    if args.one_fwd:
-        batch, length = (int(v) for v in args.one_fwd.lower().split("x"))
+    if args.one_fwd or args.one_bidir:
+        from vimamba.ops.selective_scan.triton_scan import selective_scan_bidir_triton
+
+        batch, length = (int(v) for v in (args.one_fwd or args.one_bidir).lower().split("x"))
         ins = _inputs(batch, 384, 16, length, torch.bfloat16, time_major=True, device="cuda", seed=7)
+        if args.tile:
+            tile = json.loads(args.tile)
+            tile = tuple(tile) if isinstance(tile, list) else tile
+            n_dir = 2 if args.one_bidir else 1
+            triton_scan._CONFIG_OVERRIDE = _override("fwd", tile, n_dir * batch, 384, 16, length)
+        keys = ("u", "delta", "A", "B", "C", "D", "delta_bias")
         with torch.no_grad():
             for _ in range(2):
-                selective_scan_triton(**ins, delta_softplus=True)
+                if args.one_bidir:
+                    pair = [ins[k] for k in keys]
+                    selective_scan_bidir_triton(pair, pair, ins["z"], True)
+                else:
+                    selective_scan_triton(**ins, delta_softplus=True)
         torch.cuda.synchronize()
         return
 
@@ -257,6 +278,20 @@ def main():
         save()
     if not args.no_sweep and args.grid == "bidir":
         report["sweep"] = sweep_bidir()
+    elif not args.no_sweep and args.grid == "v5":
+        # run 7 (session 4): carried pointers (149 SASS per loop iteration at the 1248 tile, from 166); the B/C
+        # touch a chunk ahead on and off (140 without it); one lane per channel (194 per 16 states, 12.1 per
+        # state-step against 17.5 at two lanes) where the rows allow it; backward phase-A chunks (registers)
+        def variants(length):
+            ahead = 2 if length > 1000 else 1
+            return ["default", {"touch": False}, (1, 16, 1, 1, 1, 32, ahead),
+                    {"tile": (1, 16, 1, 1, 1, 32, ahead), "touch": False}, (1, 8, 1, 1, 2, 16, ahead),
+                    {"tile": (1, 8, 1, 1, 2, 16, ahead), "touch": False}, (1, 16, 1, 1, 1, 32, 3 - ahead)]
+        report["sweep"] = sweep_bidir(variants)
+        save()
+        bwd = ["default"] + [{"tile": (1, 8, 1, 1, 2, 16, 32, ta)} for ta in (1, 2, 4)] + [
+            (1, 4, 1, 1, 4, 8, 32), (1, 4, 1, 1, 4, 8, 32, 2), (1, 16, 1, 1, 1, 32, 32, 2), (2, 8, 1, 1, 2, 16, 16)]
+        report["sweep"] += sweep([(128, 197)], ["default", {"touch": False}], bwd)
     elif not args.no_sweep and args.grid == "v4":
         # run 5 (session 3): B and C four states per load (inline PTX), fp32 B/C, and whether more rows per SM
         # (batch 128 against 64 at one tile) come for free (latency-bound) or not. Run 5 also timed B/C register

@@ -308,7 +308,7 @@ def test_block_releases_its_inputs_before_the_mixer_runs():
     seen = {}
     hidden, residual = torch.randn(1, 5, 16), torch.randn(1, 5, 16)
     refs = weakref.ref(hidden), weakref.ref(residual)
-    real_mixer, real_conv = block.mixer.forward_list, block.mixer._conv
+    real_mixer, real_convs = block.mixer.forward_list, block.mixer._convs
 
     def mixer(box):
         seen["alive"] = [r() is not None for r in refs]
@@ -317,9 +317,9 @@ def test_block_releases_its_inputs_before_the_mixer_runs():
 
     def conv(*args, **kwargs):
         seen["normed_alive_at_conv"] = seen["normed"]() is not None
-        return real_conv(*args, **kwargs)
+        return real_convs(*args, **kwargs)
 
-    block.mixer.forward_list, block.mixer._conv = mixer, conv
+    block.mixer.forward_list, block.mixer._convs = mixer, conv
     state = [hidden, residual]
     del hidden, residual
     with torch.no_grad():

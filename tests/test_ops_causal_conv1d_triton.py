@@ -186,6 +186,65 @@ def test_bad_arguments():
         causal_conv1d_triton(x, torch.randn(3, 4, device=DEVICE), torch.randn(4, device=DEVICE))
 
 
+def _pair_inputs(batch, dim, length, layout, dtype, use_bias, seed):
+    gen = torch.Generator().manual_seed(seed)
+    _, x = make_x(batch, dim, length, layout, dtype, gen)
+    x = x.detach()
+    params = []
+    for _ in range(2):
+        params.append((torch.randn(dim, 4, generator=gen) / 2).to(DEVICE))
+        params.append(torch.randn(dim, generator=gen).to(DEVICE) if use_bias else None)
+    return x, params
+
+
+@pytest.mark.parametrize("length", [1, 2, 7, 197])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("layout", ["channel_slice", "transpose"])
+def test_pair_matches_two_convs(length, dtype, layout):
+    """Both of Vim's convs of one x in one pass (inference): each output equals its own conv's, in value
+    (float64 reference) and in layout."""
+    from vimamba.ops.causal_conv1d.triton_conv1d import causal_conv1d_pair_triton
+
+    x, (w, b, w2, b2) = _pair_inputs(2, 40, length, layout, dtype, True, seed=length)
+    with torch.no_grad():
+        out, out2 = causal_conv1d_pair_triton(x, w, b, w2, b2, "silu")
+        one, two = causal_conv1d_triton(x, w, b, "silu"), causal_conv1d_triton(x, w2, b2, "silu", reverse=True)
+    x_r = x.cpu().double()
+    for got, single, (wr, br, rev) in ((out, one, (w, b, False)), (out2, two, (w2, b2, True))):
+        expected = causal_conv1d_ref(x_r, wr.cpu().double(), br.cpu().double(), "silu", rev)
+        assert got.dtype == dtype and got.stride() == single.stride()
+        assert rel_err(got, expected) <= TOL[dtype], rel_err(got, expected)
+        assert rel_err(got, single) <= TOL[dtype]
+
+
+def test_pair_without_bias_or_activation_and_with_grad():
+    """No bias and no activation; with autograd the pair is the two differentiable convs (same values,
+    gradients reach x and all four parameters)."""
+    from vimamba.ops.causal_conv1d.triton_conv1d import causal_conv1d_pair_triton
+
+    x, (w, _, w2, _) = _pair_inputs(1, 8, 13, "transpose", torch.float32, False, seed=3)
+    with torch.no_grad():
+        out, out2 = causal_conv1d_pair_triton(x, w, None, w2, None)
+    x_r = x.cpu().double()
+    assert rel_err(out, causal_conv1d_ref(x_r, w.cpu().double())) <= TOL[torch.float32]
+    assert rel_err(out2, causal_conv1d_ref(x_r, w2.cpu().double(), reverse=True)) <= TOL[torch.float32]
+    x_g, w_g, w2_g = (t.clone().requires_grad_(True) for t in (x, w, w2))
+    b_g, b2_g = (torch.zeros(8, device=DEVICE, requires_grad=True) for _ in range(2))
+    y, y2 = causal_conv1d_pair_triton(x_g, w_g, b_g, w2_g, b2_g, "silu")
+    (y.square().sum() + y2.sum()).backward()
+    assert all(t.grad is not None and t.grad.abs().sum() > 0 for t in (x_g, w_g, w2_g, b_g, b2_g))
+
+
+def test_pair_refuses_mismatched_weights():
+    from vimamba.ops.causal_conv1d.triton_conv1d import causal_conv1d_pair_triton
+
+    x, (w, b, _, _) = _pair_inputs(1, 8, 5, "transpose", torch.float32, True, seed=4)
+    with torch.no_grad(), pytest.raises(ValueError, match="of one shape"):
+        causal_conv1d_pair_triton(x, w, b, w[:, :3].contiguous(), b)
+    with torch.no_grad(), pytest.raises(ValueError, match="of one shape"):
+        causal_conv1d_pair_triton(x, w, b, w, None)
+
+
 @pytest.mark.skipif(DEVICE != "cuda", reason="the interpreter does not autotune")
 @pytest.mark.parametrize("reverse", [False, True])
 def test_autotuned(reverse):
@@ -214,12 +273,15 @@ def test_compiles_for_hopper(l_contig):
     unit = {"stride_xl": 1} if l_contig else {"stride_xd": 1}
     sized = ["L", "stride_xb", "stride_xd"] if l_contig else ["D", "L", "stride_xb", "stride_xl"]
     bd, bl, _ = mod._tiles_fwd(l_contig)[0]
-    ptx = compile_for_sm90(
-        mod._conv1d_fwd_kernel,
-        {"x_ptr": "*bf16", "w_ptr": "*fp32", "b_ptr": "*fp32", "out_ptr": "*bf16"},
-        dict(flags, BLOCK_D=bd, BLOCK_L=bl, stride_ol=1, **unit),
-        ["x_ptr", "w_ptr", "b_ptr", "out_ptr", "stride_ob", "stride_od"] + sized)
-    assert re.search(r"ld\.global[.\w]*\.v4", ptx) and re.search(r"st\.global[.\w]*\.v4", ptx), "not vectorised"
+    fwd_types = {"x_ptr": "*bf16", "w_ptr": "*fp32", "b_ptr": "*fp32", "out_ptr": "*bf16", "w2_ptr": "*fp32",
+                 "b2_ptr": "*fp32", "out2_ptr": "*bf16"}
+    fwd_aligned = ["x_ptr", "w_ptr", "b_ptr", "out_ptr", "w2_ptr", "b2_ptr", "out2_ptr", "stride_ob", "stride_od"]
+    for pair in (False, True):  # one conv, and both of Vim's convs of one x in one pass
+        ptx = compile_for_sm90(
+            mod._conv1d_fwd_kernel, fwd_types,
+            dict(flags, REVERSE=not pair, PAIR=pair, BLOCK_D=bd, BLOCK_L=bl, stride_ol=1, **unit),
+            fwd_aligned + sized)
+        assert re.search(r"ld\.global[.\w]*\.v4", ptx) and re.search(r"st\.global[.\w]*\.v4", ptx), "not vectorised"
     ptx = compile_for_sm90(
         mod._conv1d_bwd_kernel,
         {"x_ptr": "*bf16", "w_ptr": "*fp32", "b_ptr": "*fp32", "dout_ptr": "*bf16", "dx_ptr": "*bf16",

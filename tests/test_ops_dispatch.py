@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from vimamba import VisionMamba
-from vimamba.ops import add_rms_norm, causal_conv1d_fn, resolve_backend, selective_scan_fn
+from vimamba.ops import add_rms_norm, causal_conv1d_fn, causal_conv1d_pair_fn, resolve_backend, selective_scan_fn
 
 # These run the Triton path on CPU tensors, in the interpreter; tests/test_gpu.py covers a CUDA machine.
 pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="needs TRITON_INTERPRET=1")
@@ -52,6 +52,11 @@ def test_public_ops_agree_across_backends():
     for reverse in (False, True):
         torch.testing.assert_close(causal_conv1d_fn(x, w, b, "silu", reverse, backend="triton"),
                                    causal_conv1d_fn(x, w, b, "silu", reverse, backend="reference"))
+    w2, b2 = torch.randn(6, 4), torch.randn(6)
+    with torch.no_grad():  # one pass for both on the Triton path
+        for got, want in zip(causal_conv1d_pair_fn(x, w, b, w2, b2, "silu", backend="triton"),
+                             causal_conv1d_pair_fn(x, w, b, w2, b2, "silu", backend="reference")):
+            torch.testing.assert_close(got, want)
     h, r, nw = torch.randn(2, 5, 16), torch.randn(2, 5, 16), torch.rand(16)
     for got, want in zip(add_rms_norm(h, r, nw, backend="triton"), add_rms_norm(h, r, nw, backend="reference")):
         torch.testing.assert_close(got, want)
@@ -71,6 +76,9 @@ def test_custom_ops_pass_opcheck():
     x = torch.randn(2, 6, 9, requires_grad=True)
     w, b = torch.randn(6, 4, requires_grad=True), torch.randn(6, requires_grad=True)
     torch.library.opcheck(triton_conv1d._conv_fwd_op.op, (x, w, b, True, True))
+    with torch.no_grad():  # the pair has no autograd of its own (inference only)
+        torch.library.opcheck(triton_conv1d._conv_pair_op.op, (x.detach(), w.detach(), b.detach(), w.detach() * 2,
+                                                               b.detach(), True))
     h = torch.randn(3, 16, requires_grad=True)
     r = torch.randn(3, 16, requires_grad=True)
     nw = torch.rand(16, requires_grad=True)
@@ -98,6 +106,12 @@ def test_whole_model_triton_path_matches_reference(monkeypatch):
     torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-5)
     for name, grad in ref_grads.items():
         torch.testing.assert_close(fast_grads[name], grad, rtol=1e-4, atol=1e-5, msg=lambda m: f"{name}: {m}")
+    # inference takes other routes on the Triton path (both convs in one pass, scans written over their inputs)
+    with torch.no_grad():
+        monkeypatch.setenv("VIMAMBA_BACKEND", "triton")
+        fast = model(images)
+        monkeypatch.setenv("VIMAMBA_BACKEND", "reference")
+        torch.testing.assert_close(fast, model(images), rtol=1e-5, atol=1e-5)
 
 
 def test_torch_compile_keeps_one_graph(monkeypatch):

@@ -185,14 +185,30 @@ def test_odd_state_and_channels():
     dict(fwd=(4, 8, 1, 1, 2, 4), bwd=(2, 8, 2, 1, 2, 1, 4, 8), atomic_bc=True),
     dict(fwd=(1, 16, 1, 1, 1, 4), bwd=(1, 16, 1, 1, 1, 4, 6, 2)),
     dict(fwd=(2, 4, 1, 1, 4, 2, 2), bwd=(1, 4, 1, 1, 4, 2, 8)),
-], ids=["split-lanes", "atomics", "one-step", "two-ahead"])
+    dict(fwd=(2, 8, 1, 1, 2, 2, 2, False), bwd=(1, 8, 1, 1, 2, 2, 8, 4)),
+    dict(fwd=(1, 8, 1, 1, 2, 2, 2, False), bwd=(1, 8, 1, 1, 2, 2, 8, 4)),
+], ids=["split-lanes", "atomics", "one-step", "two-ahead", "two-ahead-no-touch", "one-step-two-ahead"])
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
 def test_tile_shapes(cfg, reverse, monkeypatch):
     """Other tile shapes: states and channels split over lanes and warps, chunks of 1-4 steps, segments
     not dividing the length, phase-A chunks longer than the backward's chunks, dB/dC by atomics, inputs
-    loaded two chunks ahead."""
+    loaded two chunks ahead (with a partial last chunk, and with the B/C touch off)."""
     monkeypatch.setattr(triton_scan, "_CONFIG_OVERRIDE", cfg)
     _compare(2, 13, 16, 13, torch.float32, dict(FLAGS_FULL, reverse=reverse), ALL)
+
+
+@pytest.mark.parametrize("length", [1, 197, 1024, 6085])
+@pytest.mark.parametrize("rows", [1.0, 23.3, 186.2, 372.4, 744.7, 5000.0])
+def test_tile_rule_gives_legal_tiles(length, rows):
+    """The shipped GPU tile rule: every tile it picks is legal (lanes of one warp, all 16 states covered),
+    and the forward's segment spacing divides the backward's segments."""
+    fwd = triton_scan._config("fwd", 384, 16, length, False, rows)
+    bwd = triton_scan._config("bwd", 384, 16, length, False, rows)
+    for cfg in (fwd, bwd):
+        T, NR, DR, W, NL, DL = cfg[:6]
+        assert NL * DL == 32 and NR * NL == 16 and W >= 1 and DR >= 1
+    assert len(fwd) == 8 and fwd[6] in (1, 2) and isinstance(fwd[7], bool)
+    assert (bwd[0] * bwd[6]) % fwd[0] == 0
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..ops import ScanInputs, bidirectional_selective_scan_fn, causal_conv1d_fn
+from ..ops import ScanInputs, bidirectional_selective_scan_fn, causal_conv1d_pair_fn
 
 __all__ = ["BiMambaMixer"]
 
@@ -80,10 +80,12 @@ class BiMambaMixer(nn.Module):
         with torch.no_grad():
             layer.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
 
-    def _conv(self, x, conv1d, reverse):
-        """Causal depthwise conv + SiLU. The backward branch runs it from the end of the sequence
-        (``reverse``) instead of on a flipped copy, so everything stays in token order."""
-        return causal_conv1d_fn(x, conv1d.weight.squeeze(1), conv1d.bias, activation="silu", reverse=reverse)
+    def _convs(self, x):
+        """Both branches' depthwise conv + SiLU: causal for the forward branch; the backward branch's runs from
+        the end of the sequence instead of on a flipped copy, so everything stays in token order. Without
+        autograd the two come from one pass over x."""
+        return causal_conv1d_pair_fn(x, self.conv1d.weight.squeeze(1), self.conv1d.bias,
+                                     self.conv1d_b.weight.squeeze(1), self.conv1d_b.bias, activation="silu")
 
     def _scan_inputs(self, u, x_proj, dt_proj, A_log, D):
         """One direction's scan inputs: the input-dependent (dt, B, C) from the conv output u."""
@@ -110,8 +112,7 @@ class BiMambaMixer(nn.Module):
             x = F.linear(hidden, w[: self.d_inner]).transpose(1, 2)
             z = F.linear(hidden, w[self.d_inner:]).transpose(1, 2)
         del hidden
-        u_f = self._conv(x, self.conv1d, reverse=False)
-        u_b = self._conv(x, self.conv1d_b, reverse=True)
+        u_f, u_b = self._convs(x)
         del x
         fwd = self._scan_inputs(u_f, self.x_proj, self.dt_proj, self.A_log, self.D)
         bwd = self._scan_inputs(u_b, self.x_proj_b, self.dt_proj_b, self.A_b_log, self.D_b)
@@ -122,7 +123,10 @@ class BiMambaMixer(nn.Module):
         del fwd, bwd, z  # delta, B, C: released before the output projection allocates
         # out_proj((y_f + y_b) / 2) as two products, the second accumulating in place onto the first (GEMM
         # with beta = 1): no pass over the activations for the sum. The halving rides on the weight (exact).
+        # One cast of the halved weight to the activations' dtype serves both products (what autocast would
+        # give each of them; halving commutes with the rounding).
         weight = self.out_proj.weight * 0.5 if self.divide_out else self.out_proj.weight
+        weight = weight.to(y_f.dtype)
         out = F.linear(y_f.transpose(1, 2), weight, self.out_proj.bias)
         del y_f
         flat = out.view(-1, out.shape[-1])

@@ -22,6 +22,7 @@ __all__ = [
     "add_rms_norm",
     "add_rms_norm_ref",
     "causal_conv1d_fn",
+    "causal_conv1d_pair_fn",
     "causal_conv1d_ref",
     "resolve_backend",
     "rms_norm_ref",
@@ -118,6 +119,27 @@ def causal_conv1d_fn(
 
         return causal_conv1d_triton(x, weight, bias, activation, reverse)
     return causal_conv1d_ref(x, weight, bias, activation, reverse)
+
+
+def causal_conv1d_pair_fn(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    weight_rev: torch.Tensor,
+    bias_rev: torch.Tensor | None,
+    activation: str | None = None,
+    *,
+    backend: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Vim's two convs of one x: ``causal_conv1d_fn(x, weight, bias, activation)`` and the anti-causal
+    ``causal_conv1d_fn(x, weight_rev, bias_rev, activation, reverse=True)``. On the Triton backend, without
+    autograd, both come from one pass over x."""
+    if resolve_backend(x, backend) == "triton":
+        from .causal_conv1d.triton_conv1d import causal_conv1d_pair_triton
+
+        return causal_conv1d_pair_triton(x, weight, bias, weight_rev, bias_rev, activation)
+    return (causal_conv1d_ref(x, weight, bias, activation),
+            causal_conv1d_ref(x, weight_rev, bias_rev, activation, reverse=True))
 
 
 def add_rms_norm(

@@ -13,7 +13,9 @@ uses instead of flipping copies) and the tap for lag ``m`` being ``w[width - 1 -
     y[t]   = bias + sum_m w[width-1-m] * x[t + sgn*m]          (x outside [0, length) reads as 0)
     out[t] = silu(y[t]) if activation else y[t]
 
-so ``reverse=True`` equals ``flip(conv(flip(x)))``. Backward, with ``dy = dout * silu'(y)``::
+so ``reverse=True`` equals ``flip(conv(flip(x)))``. ``causal_conv1d_pair_triton`` computes Vim's two convs of
+one x (causal with one weight, anti-causal with the other) in one pass without autograd (the lag-0 tile serves
+both), and as the two differentiable calls when a gradient is needed. Backward, with ``dy = dout * silu'(y)``::
 
     dx[t]          = sum_m w[width-1-m] * dy[t - sgn*m]
     dw[width-1-m]  = sum_{b,t} dy[t] * x[t + sgn*m]
@@ -48,7 +50,7 @@ from .reference import check_conv_inputs
 if HAS_TRITON:
     from triton.runtime.jit import JITFunction
 
-__all__ = ["HAS_TRITON", "causal_conv1d_triton"]
+__all__ = ["HAS_TRITON", "causal_conv1d_pair_triton", "causal_conv1d_triton"]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -56,14 +58,16 @@ __all__ = ["HAS_TRITON", "causal_conv1d_triton"]
 # ----------------------------------------------------------------------------------------------------------
 
 def _conv1d_fwd_kernel(
-    x_ptr, w_ptr, b_ptr, out_ptr,
+    x_ptr, w_ptr, b_ptr, out_ptr, w2_ptr, b2_ptr, out2_ptr,
     D, L,
     stride_xb, stride_xd, stride_xl,
     stride_wd, stride_wk,
     stride_ob, stride_od, stride_ol,
     W: tl.constexpr, REVERSE: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr, PAIR: tl.constexpr = False,
 ):
+    # PAIR: Vim's two convs of one x in one pass (w, b -> out causal; w2, b2 -> out2 anti-causal, REVERSE
+    # False): the lag-0 tile serves both and x comes from memory once instead of twice
     pid_l = tl.program_id(0)
     pid_d = tl.program_id(1)
     pid_b = tl.program_id(2).to(tl.int64)
@@ -73,9 +77,13 @@ def _conv1d_fwd_kernel(
     x_rows = x_ptr + pid_b * stride_xb + offs_d[:, None] * stride_xd
 
     acc = tl.full([BLOCK_D, BLOCK_L], 0.0, tl.float32)
+    acc2 = acc
     if HAS_BIAS:
         bias = tl.load(b_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
         acc += bias[:, None]
+        if PAIR:
+            bias2 = tl.load(b2_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+            acc2 += bias2[:, None]
     for m in tl.static_range(W):  # lag m: tap w[W-1-m] times x[t + sgn*m]
         if REVERSE:
             pos = offs_l + m
@@ -85,12 +93,24 @@ def _conv1d_fwd_kernel(
         mask_x = mask_d[:, None] & ((pos >= 0) & (pos < L))[None, :]
         x_m = tl.load(x_rows + pos[None, :] * stride_xl, mask=mask_x, other=0.0).to(tl.float32)
         acc += w_m[:, None] * x_m
+        if PAIR:
+            w2_m = tl.load(w2_ptr + offs_d * stride_wd + (W - 1 - m) * stride_wk, mask=mask_d,
+                           other=0.0).to(tl.float32)
+            if m > 0:
+                pos2 = offs_l + m
+                mask_x2 = mask_d[:, None] & (pos2 < L)[None, :]
+                x_m = tl.load(x_rows + pos2[None, :] * stride_xl, mask=mask_x2, other=0.0).to(tl.float32)
+            acc2 += w2_m[:, None] * x_m
     if SILU:
         acc = acc / (1.0 + tl.exp(-acc))
+        if PAIR:
+            acc2 = acc2 / (1.0 + tl.exp(-acc2))
 
-    out_ptrs = out_ptr + pid_b * stride_ob + offs_d[:, None] * stride_od + offs_l[None, :] * stride_ol
+    out_off = pid_b * stride_ob + offs_d[:, None] * stride_od + offs_l[None, :] * stride_ol
     mask_out = mask_d[:, None] & (offs_l < L)[None, :]
-    tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=mask_out)
+    tl.store(out_ptr + out_off, acc.to(out_ptr.dtype.element_ty), mask=mask_out)
+    if PAIR:
+        tl.store(out2_ptr + out_off, acc2.to(out2_ptr.dtype.element_ty), mask=mask_out)
 
 
 def _conv1d_bwd_kernel(
@@ -286,7 +306,8 @@ def _get_kernel(name: str, l_contig: bool):
                            for bd, bl, nw in _tiles_fwd(l_contig)]
             else:
                 configs = [triton.Config({"BLOCK_D": bd}, num_warps=nw) for bd, nw in _tiles_bwd_d(l_contig)]
-            fn = triton.autotune(configs=configs, key=["D", "L", "W", "stride_xd", "stride_xl"])(fn)
+            tune_key = ["D", "L", "W", "stride_xd", "stride_xl"] + (["PAIR"] if name == "fwd" else [])
+            fn = triton.autotune(configs=configs, key=tune_key)(fn)
         entry = _KERNELS[key] = (fn, interp, tuned)
     return entry
 
@@ -314,12 +335,20 @@ def _empty_like_layout(x: torch.Tensor) -> torch.Tensor:
     return torch.empty((batch, dim, length), device=x.device, dtype=x.dtype)
 
 
-def _launch_fwd(x, weight, bias, silu, reverse):
+def _launch_fwd(x, weight, bias, silu, reverse, second=None):
+    """One forward launch. ``second``: (weight, bias) of an anti-causal conv of the same x, computed in the same
+    pass (``reverse`` is then False); returns both outputs."""
     batch, dim, length = x.shape
     width = weight.shape[1]
     out = _empty_like_layout(x)
+    out2 = _empty_like_layout(x) if second is not None else out
     if out.numel() == 0:
-        return out
+        return out if second is None else (out, out2)
+    w2, b2 = second if second is not None else (weight, bias)
+    if second is not None and (reverse or w2.shape != weight.shape or w2.stride() != weight.stride()
+                               or (b2 is None) != (bias is None)):
+        raise ValueError("the pair of convs needs the first causal, and weights (and biases) of one shape "
+                         f"and layout: got {tuple(weight.shape)}/{weight.stride()} and {tuple(w2.shape)}/{w2.stride()}")
     l_contig = x.stride(2) == 1 or length == 1
     kern, interp, tuned = _get_kernel("fwd", l_contig)
     grid = lambda meta: (triton.cdiv(length, meta["BLOCK_L"]), triton.cdiv(dim, meta["BLOCK_D"]), batch)  # noqa: E731
@@ -332,14 +361,15 @@ def _launch_fwd(x, weight, bias, silu, reverse):
         extra = {"BLOCK_D": bd, "BLOCK_L": bl, "num_warps": nw}
     kern[grid](
         x, weight, bias if bias is not None else weight, out,
+        w2, b2 if b2 is not None else w2, out2,
         dim, length,
         x.stride(0), x.stride(1), x.stride(2),
         weight.stride(0), weight.stride(1),
         out.stride(0), out.stride(1), out.stride(2),
-        W=width, REVERSE=bool(reverse), HAS_BIAS=bias is not None, SILU=bool(silu),
+        W=width, REVERSE=bool(reverse), HAS_BIAS=bias is not None, SILU=bool(silu), PAIR=second is not None,
         **extra,
     )
-    return out
+    return out if second is None else (out, out2)
 
 
 def _length_chunks(n_lblocks: int, batch: int, dim: int, l_contig: bool, device, interp: bool):
@@ -448,6 +478,55 @@ _conv_fwd_op = eager_op("vimamba::causal_conv1d_fwd", _conv_fwd_impl,
 _conv_fwd_op.op.register_fake(_conv_fwd_fake)
 
 
+def _conv_pair_impl(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], weight2: torch.Tensor,
+                    bias2: Optional[torch.Tensor], silu: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    return _launch_fwd(x, weight, bias, silu, False, second=(weight2, bias2))
+
+
+def _conv_pair_fake(x, weight, bias, weight2, bias2, silu):
+    return _empty_like_layout(x), _empty_like_layout(x)
+
+
+# no backward: the pair serves inference; with autograd the two convs run as two differentiable calls
+_conv_pair_op = eager_op("vimamba::causal_conv1d_fwd_pair", _conv_pair_impl)
+_conv_pair_op.op.register_fake(_conv_pair_fake)
+
+
+def _check_conv_call(x, weight, bias, activation):
+    check_conv_inputs(x, weight, activation)
+    if not 1 <= weight.shape[1] <= 4:
+        raise ValueError(f"weight must have 1 to 4 taps (width), got {weight.shape[1]}")
+    if bias is not None and (bias.dim() != 1 or bias.shape[0] != x.shape[1]):
+        raise ValueError(f"expected bias of shape ({x.shape[1]},), got {tuple(bias.shape)}")
+    _check_device(x)
+    if weight.device != x.device or (bias is not None and bias.device != x.device):
+        raise ValueError("x, weight and bias must be on the same device")
+
+
+def causal_conv1d_pair_triton(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    weight_rev: torch.Tensor,
+    bias_rev: Optional[torch.Tensor],
+    activation: Optional[str] = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(causal_conv1d_triton(x, weight, bias, activation), causal_conv1d_triton(x, weight_rev, bias_rev,
+    activation, reverse=True))``: Vim's two convs of one x. Without autograd both come from one pass over x
+    (x read once); when a gradient is needed they are the two differentiable calls."""
+    _check_conv_call(x, weight, bias, activation)
+    _check_conv_call(x, weight_rev, bias_rev, activation)
+    tensors = (x, weight, bias, weight_rev, bias_rev)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        return (causal_conv1d_triton(x, weight, bias, activation),
+                causal_conv1d_triton(x, weight_rev, bias_rev, activation, reverse=True))
+    if bias is not None:
+        bias = bias.contiguous()
+    if bias_rev is not None:
+        bias_rev = bias_rev.contiguous()
+    return _conv_pair_op(x, weight, bias, weight_rev, bias_rev, activation is not None)
+
+
 def causal_conv1d_triton(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -459,14 +538,7 @@ def causal_conv1d_triton(
 
     Same arguments and result as ``causal_conv1d_ref``; differentiable in x, weight and bias.
     """
-    check_conv_inputs(x, weight, activation)
-    if not 1 <= weight.shape[1] <= 4:
-        raise ValueError(f"weight must have 1 to 4 taps (width), got {weight.shape[1]}")
-    if bias is not None and (bias.dim() != 1 or bias.shape[0] != x.shape[1]):
-        raise ValueError(f"expected bias of shape ({x.shape[1]},), got {tuple(bias.shape)}")
-    _check_device(x)
-    if weight.device != x.device or (bias is not None and bias.device != x.device):
-        raise ValueError("x, weight and bias must be on the same device")
+    _check_conv_call(x, weight, bias, activation)
     if bias is not None:
         bias = bias.contiguous()  # a no-op for a parameter; autograd sees through it otherwise
     return _conv_fwd_op(x, weight, bias, activation is not None, bool(reverse))
