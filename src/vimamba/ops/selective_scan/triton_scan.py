@@ -250,7 +250,7 @@ def _scan_fwd_kernel(
     step_o = (sgn * T) * s_ol
 
     # The chunk's per-channel tiles are loaded AHEAD chunks before their use, so that enough memory requests
-    # are in flight (chunk c, then c + sgn: always in bounds but for the steps of a partial last chunk).
+    # are in flight: chunk c here, then (AHEAD = 2) chunk c + sgn, masked off where it lies past either end.
     if PAD:
         m_f = m_d & ((c * T + it) < L)
     else:
