@@ -344,11 +344,7 @@ def _launch_fwd(x, weight, bias, silu, reverse, second=None):
     out2 = _empty_like_layout(x) if second is not None else out
     if out.numel() == 0:
         return out if second is None else (out, out2)
-    w2, b2 = second if second is not None else (weight, bias)
-    if second is not None and (reverse or w2.shape != weight.shape or w2.stride() != weight.stride()
-                               or (b2 is None) != (bias is None)):
-        raise ValueError("the pair of convs needs the first causal, and weights (and biases) of one shape "
-                         f"and layout: got {tuple(weight.shape)}/{weight.stride()} and {tuple(w2.shape)}/{w2.stride()}")
+    w2, b2 = second if second is not None else (weight, bias)  # (the pair's caller checked they match)
     l_contig = x.stride(2) == 1 or length == 1
     kern, interp, tuned = _get_kernel("fwd", l_contig)
     grid = lambda meta: (triton.cdiv(length, meta["BLOCK_L"]), triton.cdiv(dim, meta["BLOCK_D"]), batch)  # noqa: E731
@@ -516,6 +512,13 @@ def causal_conv1d_pair_triton(
     (x read once); when a gradient is needed they are the two differentiable calls."""
     _check_conv_call(x, weight, bias, activation)
     _check_conv_call(x, weight_rev, bias_rev, activation)
+    # one kernel reads both weights through one set of strides: refused in either mode, so that a pair that
+    # works in training also works at inference
+    if (weight_rev.shape != weight.shape or weight_rev.stride() != weight.stride()
+            or (bias_rev is None) != (bias is None)):
+        raise ValueError("the two convs need weights (and biases) of one shape and layout: got "
+                         f"{tuple(weight.shape)}/{weight.stride()} with bias {bias is not None} and "
+                         f"{tuple(weight_rev.shape)}/{weight_rev.stride()} with bias {bias_rev is not None}")
     tensors = (x, weight, bias, weight_rev, bias_rev)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
         return (causal_conv1d_triton(x, weight, bias, activation),

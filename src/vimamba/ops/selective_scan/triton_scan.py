@@ -234,13 +234,13 @@ def _scan_fwd_kernel(
     t_f = dt_ptr + pid_b * s_tb + d_x * s_td + (c * T) * s_tl + it * s_tl
     z_f = z_ptr + pid_b * s_zb + d_x * s_zd + (c * T) * s_zl + it * s_zl
     a_f = add_ptr + pid_b * s_ab + d_x * s_ad + (c * T) * s_al + it * s_al
-    # Touching a chunk's B and C rows AHEAD chunks early (one element per lane, summed into a value that is
-    # never stored) brings them to the caches before the per-step loads below ask for them.
-    lane_t = idl % T
-    lane_n = (idl // T) % nstate
-    touch = tl.full([1, 1, 1, 1, 1, DL], 0.0, tl.float32)
-    tB_f = B_ptr + pid_b * s_Bb + lane_n * s_Bn + (c * T) * s_Bl + lane_t * s_Bl
-    tC_f = C_ptr + pid_b * s_Cb + lane_n * s_Cn + (c * T) * s_Cl + lane_t * s_Cl
+    if TOUCH:  # B and C rows touched AHEAD chunks early (one element per lane, summed into a value never
+        # stored) are in the caches when the per-step loads below ask for them
+        lane_t = idl % T
+        lane_n = (idl // T) % nstate
+        touch = tl.full([1, 1, 1, 1, 1, DL], 0.0, tl.float32)
+        tB_f = B_ptr + pid_b * s_Bb + lane_n * s_Bn + (c * T) * s_Bl + lane_t * s_Bl
+        tC_f = C_ptr + pid_b * s_Cb + lane_n * s_Cn + (c * T) * s_Cl + lane_t * s_Cl
     step_u = (sgn * T) * s_ul
     step_t = (sgn * T) * s_tl
     step_z = (sgn * T) * s_zl
@@ -280,8 +280,9 @@ def _scan_fwd_kernel(
         t_f += step_t
         z_f += step_z
         a_f += step_a
-    tB_f += AHEAD * step_B
-    tC_f += AHEAD * step_C
+    if TOUCH:
+        tB_f += AHEAD * step_B
+        tC_f += AHEAD * step_C
 
     h = tl.full([1, NR, DR, W, NL, DL], 0.0, tl.float32)
     for _i in range(0, n_chunks):
@@ -302,9 +303,6 @@ def _scan_fwd_kernel(
         m_f = m_d & far_ok
         if PAD:
             m_f = m_f & ((t_far + it) < L)
-            m_tf = far_ok & ((t_far + lane_t) < L)
-        else:
-            m_tf = far_ok
         if AHEAD == 2:
             u_n = u_nn
             dt_n = dt_nn
@@ -324,14 +322,18 @@ def _scan_fwd_kernel(
             if HAS_ADD:
                 a_n = tl.load(a_f, mask=m_f, other=0.0)
         if TOUCH:
+            if PAD:
+                m_tf = far_ok & ((t_far + lane_t) < L)
+            else:
+                m_tf = far_ok
             touch += tl.load(tB_f, mask=m_tf, other=0.0).to(tl.float32)
             touch += tl.load(tC_f, mask=m_tf, other=0.0).to(tl.float32)
+            tB_f += step_B
+            tC_f += step_C
         u_f += step_u
         t_f += step_t
         z_f += step_z
         a_f += step_a
-        tB_f += step_B
-        tC_f += step_C
 
         # per (channel, step): the whole chunk at once
         if HAS_BIAS:
