@@ -137,7 +137,7 @@ def sweep(problems, fwd_cfgs, bwd_cfgs, dim=384, nstate=16):
 
 
 def sweep_bidir(variants=None):
-    """Both directions in one launch (selective_scan_bidir_triton) over forward tiles (chunks of one step), at
+    """Both directions in one launch (selective_scan_bidir_triton) over forward tiles, at
     Vim-Ti 1248 batch 64, Vim-Ti 224 batch 128 and Vim-S 1248 batch 32; each against the two single scans.
     ``variants(length)``: the tiles or override dicts to time (default: NL 1, 2, 4 x one or two warps)."""
     import triton
@@ -149,7 +149,7 @@ def sweep_bidir(variants=None):
     for batch, dim, length in ((64, 384, 6085), (128, 384, 197), (32, 768, 6085)):
         a = _inputs(batch, dim, 16, length, torch.bfloat16, time_major=True, device="cuda", seed=1)
         b = _inputs(batch, dim, 16, length, torch.bfloat16, time_major=True, device="cuda", seed=2)
-        fa, fb = [a[k] for k in keys], [b[k] for k in keys]
+        fa0, fb0 = [a[k] for k in keys], [b[k] for k in keys]
         nl_opts = (1, 2, 4) if length > 1000 else (1, 2)
         cfgs = ["default"] + [(1, 16 // nl, 1, w, nl, 32 // nl, 2 if length > 1000 else 1)
                               for nl in nl_opts for w in (1, 2)]
@@ -157,21 +157,32 @@ def sweep_bidir(variants=None):
             cfgs = variants(length)
         first = None
         for cfg in cfgs:
-            triton_scan._CONFIG_OVERRIDE = _override("fwd", cfg, 2 * batch, dim, 16, length)
-            with torch.no_grad():
-                ys = selective_scan_bidir_triton(fa, fb, a["z"], True)
-                first = ys if first is None else first
-                err = max(_rel(y, f) for y, f in zip(ys, first))
-                ms = triton.testing.do_bench(lambda: selective_scan_bidir_triton(fa, fb, a["z"], True),
-                                             warmup=10, rep=60, return_mode="median")
+            fa, fb = fa0, fb0
+            if isinstance(cfg, dict) and any(k in cfg for k in INPUT_KEYS):
+                fa = [_transform_inputs(a, cfg)[k] for k in keys]
+                fb = [_transform_inputs(b, cfg)[k] for k in keys]
+            cfg_k = {k: v for k, v in cfg.items() if k not in INPUT_KEYS} if isinstance(cfg, dict) else cfg
+            triton_scan._CONFIG_OVERRIDE = _override("fwd", cfg_k or "default", 2 * batch, dim, 16, length)
+            try:
+                with torch.no_grad():
+                    ys = selective_scan_bidir_triton(fa, fb, a["z"], True)
+                    first = ys if first is None else first
+                    err = max(_rel(y, f) for y, f in zip(ys, first))
+                    ms = triton.testing.do_bench(lambda fa=fa, fb=fb: selective_scan_bidir_triton(fa, fb, a["z"], True),
+                                                 warmup=10, rep=60, return_mode="median")
+            except Exception as exc:  # noqa: BLE001 - a variant this Triton or GPU refuses: record it, go on
+                rows.append({"pass_": "bidir", "batch": batch, "dim": dim, "length": length, "tile": cfg,
+                             "error": repr(exc)[:200]})
+                print(rows[-1], flush=True)
+                continue
             rows.append({"pass_": "bidir", "batch": batch, "dim": dim, "length": length, "tile": cfg, "ms": ms,
                          "gsteps": 2 * batch * dim * 16 * length / ms / 1e6, "rel_diff": err})
             print(rows[-1], flush=True)
         triton_scan._CONFIG_OVERRIDE = None
         with torch.no_grad():
             two = triton.testing.do_bench(lambda: (
-                selective_scan_triton(*fa[:5], D=fa[5], z=a["z"], delta_bias=fa[6], delta_softplus=True),
-                selective_scan_triton(*fb[:5], D=fb[5], z=a["z"], delta_bias=fb[6], delta_softplus=True,
+                selective_scan_triton(*fa0[:5], D=fa0[5], z=a["z"], delta_bias=fa0[6], delta_softplus=True),
+                selective_scan_triton(*fb0[:5], D=fb0[5], z=a["z"], delta_bias=fb0[6], delta_softplus=True,
                                       reverse=True)), warmup=10, rep=60, return_mode="median")
         rows.append({"pass_": "two single scans", "batch": batch, "dim": dim, "length": length, "tile": "default",
                      "ms": two, "gsteps": 2 * batch * dim * 16 * length / two / 1e6, "rel_diff": 0.0})
@@ -225,7 +236,7 @@ def main():
     p.add_argument("--profile", action="store_true")
     p.add_argument("--no-sweep", action="store_true")
     p.add_argument("--bwd-only", action="store_true")
-    p.add_argument("--grid", choices=("layouts", "dr", "v4", "bidir", "v5"), default="layouts",
+    p.add_argument("--grid", choices=("layouts", "dr", "v4", "bidir", "v5", "v6", "v6b"), default="layouts",
                    help="layouts: states over registers/lanes x chunk x warps (DR = 1); dr: the shipped rule "
                         "against one or two chunks in flight and against two channels per thread")
     p.add_argument("--one-fwd", metavar="BATCHxLENGTH",
@@ -278,6 +289,33 @@ def main():
         save()
     if not args.no_sweep and args.grid == "bidir":
         report["sweep"] = sweep_bidir()
+    elif not args.no_sweep and args.grid == "v6b":
+        # run 8, second part: with registers to spare, B and C in fp32 (16-byte loads, no widening: 32 fewer
+        # instructions a step), in their own buffers and as columns of x_proj's output (Vim's layout); chunks
+        # of two and four steps, which the two-direction launch now takes (396 SASS per 2 steps offline)
+        def variants(length):
+            ahead = 2 if length > 1000 else 1
+            return ["default", {"bc32": True}, {"xdbl": True}, {"xdbl": True, "bc32": True},
+                    (2, 16, 1, 1, 1, 32, 1, True), (4, 16, 1, 1, 1, 32, 1, True), (2, 16, 1, 1, 1, 32, 1, False),
+                    {"tile": (2, 16, 1, 1, 1, 32, 1, True), "xdbl": True, "bc32": True},
+                    (2, 8, 1, 1, 2, 16, ahead, False)]
+        report["sweep"] = sweep_bidir(variants)
+    elif not args.no_sweep and args.grid == "v6":
+        # run 8 (session 5): registers. One-warp programs got 64 registers from ptxas, which then issued the
+        # step's eight B/C loads one after another inside the chain; the rule now sets maxnreg from the warps
+        # per SM ({"maxnreg": 0} is v5's launch). With registers to spare, two chunks in flight and the touch
+        # are asked again; the backward (128 registers, two waves at 224) with other register budgets.
+        def variants(length):
+            ahead = 2 if length > 1000 else 1
+            return ["default", {"maxnreg": 0}, {"maxnreg": 128}, {"maxnreg": 255},
+                    {"tile": (1, 16, 1, 1, 1, 32, 3 - ahead)}, {"tile": (1, 16, 1, 1, 1, 32, ahead), "touch": False},
+                    {"tile": (1, 16, 1, 1, 1, 32, ahead), "touch": True},
+                    {"tile": (1, 8, 1, 1, 2, 16, ahead), "touch": False}, {"tile": (1, 8, 1, 1, 2, 16, ahead)}]
+        report["sweep"] = sweep_bidir(variants)
+        save()
+        bwd = ["default", {"maxnreg_bwd": 96}, {"maxnreg_bwd": 168}, {"maxnreg_bwd": 255},
+               {"tile": (1, 16, 1, 1, 1, 32, 32), "maxnreg_bwd": 255}]
+        report["sweep"] += sweep([(128, 197)], ["default", {"maxnreg": 0}], bwd)
     elif not args.no_sweep and args.grid == "v5":
         # run 7 (session 4): carried pointers (149 SASS per loop iteration at the 1248 tile, from 166); the B/C
         # touch a chunk ahead on and off (140 without it); one lane per channel (194 per 16 states, 12.1 per

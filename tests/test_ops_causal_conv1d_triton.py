@@ -245,6 +245,48 @@ def test_pair_refuses_mismatched_weights():
         causal_conv1d_pair_triton(x, w, b, w, None)
 
 
+# --------------------------------------------------------------------------------------------------------
+# The forward's SLIDE tiles (one thread per channel walking the steps with a window of x in registers), which
+# the autotuner may pick for channel-contiguous x: forced here, small tiles so that several programs share
+# each sequence (the three-step halos at their edges), both layouts, every width, one conv and the pair.
+# --------------------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def slide_tiles(monkeypatch):
+    from vimamba.ops.causal_conv1d import triton_conv1d as mod
+
+    monkeypatch.setattr(mod, "_FWD_TILE_OVERRIDE", (16, 8, 1, True))
+
+
+@pytest.mark.parametrize("length", [1, 2, 7, 197])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("layout", ["channel_slice", "transpose"])
+def test_slide_tiles(length, dtype, reverse, layout, slide_tiles):
+    check(2, 20, length, 4, dtype, layout, True, "silu", reverse, seed=length)
+
+
+@pytest.mark.parametrize("width", [1, 2, 3])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_slide_tiles_narrow(width, reverse, slide_tiles):
+    """Fewer than four taps: the missing lags weigh zero."""
+    check(2, 5, 11, width, torch.float32, "transpose", False, None, reverse, seed=width)
+
+
+@pytest.mark.parametrize("length", [1, 7, 30])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_slide_tiles_pair(length, dtype, slide_tiles):
+    from vimamba.ops.causal_conv1d.triton_conv1d import causal_conv1d_pair_triton
+
+    x, (w, b, w2, b2) = _pair_inputs(2, 20, length, "transpose", dtype, True, seed=length)
+    with torch.no_grad():
+        out, out2 = causal_conv1d_pair_triton(x, w, b, w2, b2, "silu")
+    x_r = x.cpu().double()
+    for got, (wr, br, rev) in ((out, (w, b, False)), (out2, (w2, b2, True))):
+        expected = causal_conv1d_ref(x_r, wr.cpu().double(), br.cpu().double(), "silu", rev)
+        assert rel_err(got, expected) <= TOL[dtype], rel_err(got, expected)
+
+
 @pytest.mark.skipif(DEVICE != "cuda", reason="the interpreter does not autotune")
 @pytest.mark.parametrize("reverse", [False, True])
 def test_autotuned(reverse):
@@ -272,7 +314,7 @@ def test_compiles_for_hopper(l_contig):
     bwd_flags = dict(flags, WP=4)
     unit = {"stride_xl": 1} if l_contig else {"stride_xd": 1}
     sized = ["L", "stride_xb", "stride_xd"] if l_contig else ["D", "L", "stride_xb", "stride_xl"]
-    bd, bl, _ = mod._tiles_fwd(l_contig)[0]
+    bd, bl, _, _ = mod._tiles_fwd(l_contig)[0]
     fwd_types = {"x_ptr": "*bf16", "w_ptr": "*fp32", "b_ptr": "*fp32", "out_ptr": "*bf16", "w2_ptr": "*fp32",
                  "b2_ptr": "*fp32", "out2_ptr": "*bf16"}
     fwd_aligned = ["x_ptr", "w_ptr", "b_ptr", "out_ptr", "w2_ptr", "b2_ptr", "out2_ptr", "stride_ob", "stride_od"]
@@ -282,6 +324,12 @@ def test_compiles_for_hopper(l_contig):
             dict(flags, REVERSE=not pair, PAIR=pair, BLOCK_D=bd, BLOCK_L=bl, stride_ol=1, **unit),
             fwd_aligned + sized)
         assert re.search(r"ld\.global[.\w]*\.v4", ptx) and re.search(r"st\.global[.\w]*\.v4", ptx), "not vectorised"
+        if not l_contig:  # the SLIDE tiles the autotuner may pick: one loop over the steps, no spills
+            ptx = compile_for_sm90(
+                mod._conv1d_fwd_kernel, fwd_types,
+                dict(flags, REVERSE=not pair, PAIR=pair, BLOCK_D=128, BLOCK_L=64, SLIDE=True, stride_ol=1,
+                     **unit), fwd_aligned + sized)
+            assert ptx.count("ld.global") >= 1 and "st.local" not in ptx
     ptx = compile_for_sm90(
         mod._conv1d_bwd_kernel,
         {"x_ptr": "*bf16", "w_ptr": "*fp32", "b_ptr": "*fp32", "dout_ptr": "*bf16", "dx_ptr": "*bf16",

@@ -17,6 +17,7 @@ The timing sweep over tile shapes is ``benchmarks/scan_sweep.py`` (GPU).
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 
@@ -209,6 +210,24 @@ def test_tile_rule_gives_legal_tiles(length, rows):
         assert NL * DL == 32 and NR * NL == 16 and W >= 1 and DR >= 1
     assert len(fwd) == 8 and fwd[6] in (1, 2) and isinstance(fwd[7], bool)
     assert (bwd[0] * bwd[6]) % fwd[0] == 0
+
+
+@pytest.mark.parametrize("warps_per_sm, expected", [(11.6, 168), (23.3, 80), (0.2, 248), (32, None), (64, None)])
+def test_register_cap_fits_the_grid_in_one_wave(warps_per_sm, expected, monkeypatch):
+    """maxnreg: the most registers (a multiple of 8, at most 255) that still keep every warp of the grid resident
+    in one wave of a 64K-register SM; nothing at or under ptxas's own 64; an override replaces the rule."""
+    from vimamba.ops import _triton
+
+    monkeypatch.setattr(_triton, "_has_maxnreg", lambda: True)
+    cap = _triton.register_cap(warps_per_sm)
+    assert cap == ({} if expected is None else {"maxnreg": expected})
+    if expected is not None:
+        regs = cap["maxnreg"]
+        assert regs % 8 == 0 and math.ceil(warps_per_sm) * 32 * regs <= 65536
+    assert _triton.register_cap(warps_per_sm, override=96) == {"maxnreg": 96}
+    assert _triton.register_cap(warps_per_sm, override=0) == {}
+    monkeypatch.setattr(_triton, "_has_maxnreg", lambda: False)  # a Triton without the option: never asked
+    assert _triton.register_cap(warps_per_sm) == {} and _triton.register_cap(1, override=96) == {}
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ as compiled or interpreted when triton is imported, and the interpreter refuses 
 """
 
 import functools
+import math
 import os
 
 import torch
@@ -31,7 +32,7 @@ except ImportError:  # pragma: no cover - exercised only without triton
 
     tl = _NoTriton()
 
-__all__ = ["HAS_TRITON", "autotune_enabled", "eager_op", "num_sms", "tl", "triton"]
+__all__ = ["HAS_TRITON", "autotune_enabled", "eager_op", "num_sms", "register_cap", "tl", "triton"]
 
 
 def autotune_enabled() -> bool:
@@ -49,6 +50,32 @@ def num_sms(device: torch.device) -> int:
 @functools.lru_cache(maxsize=None)
 def _cuda_sm_count(index: int) -> int:  # asked once per kernel launch: keep it off the launch path
     return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def register_cap(warps_per_sm: float, override=None) -> dict:
+    """The ``maxnreg`` launch option for a kernel whose whole grid keeps ``warps_per_sm`` warps resident per SM:
+    as many registers per thread as still fit them all in one wave (a multiple of 8, at most 255), or nothing
+    where that is no more than 64 or where this Triton has no such option. ``override`` (an int; 0 = no option)
+    replaces the rule, for sweeps.
+
+    Why: with one-warp programs ptxas budgets registers for the most blocks an SM can hold (32 warps, so 64
+    registers a thread), and to stay within them it issued each of the scan's eight B/C loads of a step just
+    before its use, one after another (the v5 forward loop at Vim-Ti 1248, sm_90 SASS). Vim's scans keep far
+    fewer warps per SM (~12 at 1248, batch 64); given the registers, ptxas issues all eight loads at the top
+    of the step (NOTES_triton.md, run 8)."""
+    if override is not None:
+        return {"maxnreg": int(override)} if override and _has_maxnreg() else {}
+    regs = min(255, 65536 // (32 * max(1, math.ceil(warps_per_sm)))) // 8 * 8
+    return {"maxnreg": regs} if regs > 64 and _has_maxnreg() else {}
+
+
+@functools.lru_cache(maxsize=None)
+def _has_maxnreg() -> bool:
+    try:
+        from triton.backends.nvidia.compiler import CUDAOptions
+    except ImportError:  # pragma: no cover - triton without its NVIDIA backend
+        return False
+    return "maxnreg" in getattr(CUDAOptions, "__dataclass_fields__", {})
 
 
 def eager_op(name: str, impl, mutates_args=(), backward=None, setup_context=None):

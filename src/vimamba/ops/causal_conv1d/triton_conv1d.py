@@ -33,7 +33,10 @@ writes dx once (plus the small partial rows). Tiles are 2-D (channels x steps); 
 equal to 1, so accesses vectorise (16 bytes) along whichever of the two dimensions is contiguous in memory,
 where sizes and alignment allow, and the tile shape is picked for that case. Loads shifted along a
 contiguous length dimension, and the stores of length-contiguous rows when the length is not a multiple of
-the vector (Vim's 197), stay scalar but coalesced across the warp. Widths 1 to 4.
+the vector (Vim's 197), stay scalar but coalesced across the warp. Widths 1 to 4. For channel-contiguous x
+the forward's autotuner also tries SLIDE tiles: one thread per channel walks a run of steps in order with the
+last four x values in registers, so x is loaded once per step instead of once per tap (62 SASS instructions
+per step for the pair, both outputs, against ~39 per output of the 2-D tile; offline sm_90 compile).
 
 Kernels are turned into Triton functions on first use, not at import, and their bodies call only
 ``triton.language`` builtins: ``ops/_triton.py`` says why.
@@ -64,7 +67,7 @@ def _conv1d_fwd_kernel(
     stride_wd, stride_wk,
     stride_ob, stride_od, stride_ol,
     W: tl.constexpr, REVERSE: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr, PAIR: tl.constexpr = False,
+    BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr, PAIR: tl.constexpr = False, SLIDE: tl.constexpr = False,
 ):
     # PAIR: Vim's two convs of one x in one pass (w, b -> out causal; w2, b2 -> out2 anti-causal, REVERSE
     # False): the lag-0 tile serves both and x comes from memory once instead of twice
@@ -72,45 +75,130 @@ def _conv1d_fwd_kernel(
     pid_d = tl.program_id(1)
     pid_b = tl.program_id(2).to(tl.int64)
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    offs_l = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)
     mask_d = offs_d < D
-    x_rows = x_ptr + pid_b * stride_xb + offs_d[:, None] * stride_xd
-
-    acc = tl.full([BLOCK_D, BLOCK_L], 0.0, tl.float32)
-    acc2 = acc
-    if HAS_BIAS:
-        bias = tl.load(b_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-        acc += bias[:, None]
-        if PAIR:
-            bias2 = tl.load(b2_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-            acc2 += bias2[:, None]
-    for m in tl.static_range(W):  # lag m: tap w[W-1-m] times x[t + sgn*m]
-        if REVERSE:
-            pos = offs_l + m
+    if SLIDE:
+        # The forward's SLIDE tiles (channel-contiguous x): each thread walks BLOCK_L consecutive steps of its
+        # channels in order, keeping the last four x values in registers, so x is loaded once per step (plus a
+        # three-step halo per program) instead of once per tap and output; every load and store is one
+        # coalesced row of channels. Taps are held by lag, lag m = w[W-1-m] (lags >= W are zero), and step t
+        # gives the causal output at t and the anti-causal one at t - 3, whose inputs are then all in the window.
+        t0 = pid_l * BLOCK_L
+        zero = tl.full([BLOCK_D], 0.0, tl.float32)
+        w_rows = offs_d * stride_wd
+        wa0 = tl.load(w_ptr + w_rows + (W - 1) * stride_wk, mask=mask_d, other=0.0).to(tl.float32)
+        if W > 1:
+            wa1 = tl.load(w_ptr + w_rows + (W - 2) * stride_wk, mask=mask_d, other=0.0).to(tl.float32)
         else:
-            pos = offs_l - m
-        w_m = tl.load(w_ptr + offs_d * stride_wd + (W - 1 - m) * stride_wk, mask=mask_d, other=0.0).to(tl.float32)
-        mask_x = mask_d[:, None] & ((pos >= 0) & (pos < L))[None, :]
-        x_m = tl.load(x_rows + pos[None, :] * stride_xl, mask=mask_x, other=0.0).to(tl.float32)
-        acc += w_m[:, None] * x_m
+            wa1 = zero
+        if W > 2:
+            wa2 = tl.load(w_ptr + w_rows + (W - 3) * stride_wk, mask=mask_d, other=0.0).to(tl.float32)
+        else:
+            wa2 = zero
+        if W > 3:
+            wa3 = tl.load(w_ptr + w_rows + (W - 4) * stride_wk, mask=mask_d, other=0.0).to(tl.float32)
+        else:
+            wa3 = zero
+        if HAS_BIAS:
+            ba = tl.load(b_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+        else:
+            ba = zero
         if PAIR:
-            w2_m = tl.load(w2_ptr + offs_d * stride_wd + (W - 1 - m) * stride_wk, mask=mask_d,
-                           other=0.0).to(tl.float32)
-            if m > 0:
-                pos2 = offs_l + m
-                mask_x2 = mask_d[:, None] & (pos2 < L)[None, :]
-                x_m = tl.load(x_rows + pos2[None, :] * stride_xl, mask=mask_x2, other=0.0).to(tl.float32)
-            acc2 += w2_m[:, None] * x_m
-    if SILU:
-        acc = acc / (1.0 + tl.exp(-acc))
+            wb0 = tl.load(w2_ptr + w_rows + (W - 1) * stride_wk, mask=mask_d, other=0.0).to(tl.float32)
+            if W > 1:
+                wb1 = tl.load(w2_ptr + w_rows + (W - 2) * stride_wk, mask=mask_d, other=0.0).to(tl.float32)
+            else:
+                wb1 = zero
+            if W > 2:
+                wb2 = tl.load(w2_ptr + w_rows + (W - 3) * stride_wk, mask=mask_d, other=0.0).to(tl.float32)
+            else:
+                wb2 = zero
+            if W > 3:
+                wb3 = tl.load(w2_ptr + w_rows + (W - 4) * stride_wk, mask=mask_d, other=0.0).to(tl.float32)
+            else:
+                wb3 = zero
+            if HAS_BIAS:
+                bb = tl.load(b2_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+            else:
+                bb = zero
+        x1 = zero  # x[t-1], x[t-2], x[t-3]
+        x2 = zero
+        x3 = zero
+        # steps t0-3 .. t0+BLOCK_L-1 for a causal output, up to t0+BLOCK_L+2 when an anti-causal one is asked
+        if PAIR or REVERSE:
+            n_steps = BLOCK_L + 6
+        else:
+            n_steps = BLOCK_L + 3
+        t = t0 - 3
+        x_p = x_ptr + pid_b * stride_xb + offs_d * stride_xd + t * stride_xl
+        o_c = out_ptr + pid_b * stride_ob + offs_d * stride_od + t * stride_ol  # causal output at t
         if PAIR:
-            acc2 = acc2 / (1.0 + tl.exp(-acc2))
+            o_a = out2_ptr + pid_b * stride_ob + offs_d * stride_od + (t - 3) * stride_ol  # anti-causal at t-3
+        else:
+            o_a = o_c - 3 * stride_ol
+        end = tl.minimum(t0 + BLOCK_L, L)
+        x_n = tl.load(x_p, mask=mask_d & (t >= 0) & (t < L), other=0.0)
+        for _i in range(0, n_steps):
+            x0 = x_n.to(tl.float32)
+            x_p += stride_xl  # the next step's row is in flight while this one is computed
+            x_n = tl.load(x_p, mask=mask_d & (t + 1 >= 0) & (t + 1 < L), other=0.0)
+            if not REVERSE:
+                y = ba + wa0 * x0 + wa1 * x1 + wa2 * x2 + wa3 * x3
+                if SILU:
+                    y = y / (1.0 + tl.exp(-y))
+                tl.store(o_c, y.to(out_ptr.dtype.element_ty), mask=mask_d & (t >= t0) & (t < end))
+            if PAIR or REVERSE:
+                if PAIR:
+                    y2 = bb + wb0 * x3 + wb1 * x2 + wb2 * x1 + wb3 * x0
+                else:
+                    y2 = ba + wa0 * x3 + wa1 * x2 + wa2 * x1 + wa3 * x0
+                if SILU:
+                    y2 = y2 / (1.0 + tl.exp(-y2))
+                tl.store(o_a, y2.to(out_ptr.dtype.element_ty), mask=mask_d & (t - 3 >= t0) & (t - 3 < end))
+            x3 = x2
+            x2 = x1
+            x1 = x0
+            t += 1
+            o_c += stride_ol
+            o_a += stride_ol
+    else:
+        offs_l = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)
+        x_rows = x_ptr + pid_b * stride_xb + offs_d[:, None] * stride_xd
 
-    out_off = pid_b * stride_ob + offs_d[:, None] * stride_od + offs_l[None, :] * stride_ol
-    mask_out = mask_d[:, None] & (offs_l < L)[None, :]
-    tl.store(out_ptr + out_off, acc.to(out_ptr.dtype.element_ty), mask=mask_out)
-    if PAIR:
-        tl.store(out2_ptr + out_off, acc2.to(out2_ptr.dtype.element_ty), mask=mask_out)
+        acc = tl.full([BLOCK_D, BLOCK_L], 0.0, tl.float32)
+        acc2 = acc
+        if HAS_BIAS:
+            bias = tl.load(b_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+            acc += bias[:, None]
+            if PAIR:
+                bias2 = tl.load(b2_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+                acc2 += bias2[:, None]
+        for m in tl.static_range(W):  # lag m: tap w[W-1-m] times x[t + sgn*m]
+            if REVERSE:
+                pos = offs_l + m
+            else:
+                pos = offs_l - m
+            w_m = tl.load(w_ptr + offs_d * stride_wd + (W - 1 - m) * stride_wk, mask=mask_d, other=0.0).to(tl.float32)
+            mask_x = mask_d[:, None] & ((pos >= 0) & (pos < L))[None, :]
+            x_m = tl.load(x_rows + pos[None, :] * stride_xl, mask=mask_x, other=0.0).to(tl.float32)
+            acc += w_m[:, None] * x_m
+            if PAIR:
+                w2_m = tl.load(w2_ptr + offs_d * stride_wd + (W - 1 - m) * stride_wk, mask=mask_d,
+                               other=0.0).to(tl.float32)
+                if m > 0:
+                    pos2 = offs_l + m
+                    mask_x2 = mask_d[:, None] & (pos2 < L)[None, :]
+                    x_m = tl.load(x_rows + pos2[None, :] * stride_xl, mask=mask_x2, other=0.0).to(tl.float32)
+                acc2 += w2_m[:, None] * x_m
+        if SILU:
+            acc = acc / (1.0 + tl.exp(-acc))
+            if PAIR:
+                acc2 = acc2 / (1.0 + tl.exp(-acc2))
+
+        out_off = pid_b * stride_ob + offs_d[:, None] * stride_od + offs_l[None, :] * stride_ol
+        mask_out = mask_d[:, None] & (offs_l < L)[None, :]
+        tl.store(out_ptr + out_off, acc.to(out_ptr.dtype.element_ty), mask=mask_out)
+        if PAIR:
+            tl.store(out2_ptr + out_off, acc2.to(out2_ptr.dtype.element_ty), mask=mask_out)
 
 
 def _conv1d_bwd_kernel(
@@ -259,12 +347,16 @@ def _conv1d_bwd_kernel(
 # ----------------------------------------------------------------------------------------------------------
 
 def _tiles_fwd(l_contig: bool):
-    """Candidate (BLOCK_D, BLOCK_L, num_warps) for the forward kernel, the heuristic choice first.
+    """Candidate (BLOCK_D, BLOCK_L, num_warps, SLIDE) for the forward kernel, the heuristic choice first.
 
-    8-16 elements per thread: 56-98 registers on sm_90 (Triton 3.8, width 4, SiLU), no spills."""
+    2-D tiles: 8-16 elements per thread, 56-98 registers on sm_90 (Triton 3.8, width 4, SiLU), no spills.
+    For channel-contiguous x the autotuner also tries the SLIDE tiles (one channel per thread walking BLOCK_L
+    steps with a window of x in registers). They come after the measured v5 tile, so with autotuning off
+    nothing changes; they were added without a GPU at hand (session 5): the autotuner measures them first."""
     if l_contig:  # steps contiguous: long rows along L
-        return [(4, 256, 4), (8, 128, 4), (8, 256, 8)]
-    return [(64, 16, 4), (32, 32, 4), (128, 16, 8)]  # channels contiguous: wide along D
+        return [(4, 256, 4, False), (8, 128, 4, False), (8, 256, 8, False)]
+    return [(64, 16, 4, False), (32, 32, 4, False), (128, 16, 8, False),  # channels contiguous: wide along D
+            (128, 64, 4, True), (256, 64, 4, True)]
 
 
 def _tile_l_bwd(l_contig: bool) -> int:
@@ -282,18 +374,20 @@ def _tiles_bwd_d(l_contig: bool):
 
 # The interpreter runs programs one after another in Python: fewer, larger tiles (same for both kernels).
 _INTERP_TILES = {True: (8, 256), False: (64, 256)}  # l_contig -> (BLOCK_D, BLOCK_L)
+# (BLOCK_D, BLOCK_L, num_warps, SLIDE) forced on every forward launch, compiled or interpreted (tests, sweeps)
+_FWD_TILE_OVERRIDE = None
 
 _KERNELS = {}
 
 
-def _get_kernel(name: str, l_contig: bool):
+def _get_kernel(name: str, l_contig: bool, tune: Optional[bool] = None):
     """(kernel, interpreted, autotuned) for the current mode.
 
     ``triton.jit`` itself decides, from TRITON_INTERPRET as it is now, between a compiled kernel (autotuned
     here over a few tiles unless VIMAMBA_TRITON_AUTOTUNE=0) and one for the interpreter (run with the fixed
     _INTERP_TILES); one of each is kept per setting of the two variables.
     """
-    tune = autotune_enabled()
+    tune = autotune_enabled() if tune is None else tune
     key = (name, l_contig, os.environ.get("TRITON_INTERPRET", ""), tune)
     entry = _KERNELS.get(key)
     if entry is None:
@@ -302,8 +396,8 @@ def _get_kernel(name: str, l_contig: bool):
         tuned = tune and not interp
         if tuned:
             if name == "fwd":
-                configs = [triton.Config({"BLOCK_D": bd, "BLOCK_L": bl}, num_warps=nw)
-                           for bd, bl, nw in _tiles_fwd(l_contig)]
+                configs = [triton.Config({"BLOCK_D": bd, "BLOCK_L": bl, "SLIDE": slide}, num_warps=nw)
+                           for bd, bl, nw, slide in _tiles_fwd(l_contig)]
             else:
                 configs = [triton.Config({"BLOCK_D": bd}, num_warps=nw) for bd, nw in _tiles_bwd_d(l_contig)]
             tune_key = ["D", "L", "W", "stride_xd", "stride_xl"] + (["PAIR"] if name == "fwd" else [])
@@ -346,15 +440,18 @@ def _launch_fwd(x, weight, bias, silu, reverse, second=None):
         return out if second is None else (out, out2)
     w2, b2 = second if second is not None else (weight, bias)  # (the pair's caller checked they match)
     l_contig = x.stride(2) == 1 or length == 1
-    kern, interp, tuned = _get_kernel("fwd", l_contig)
+    kern, interp, tuned = _get_kernel("fwd", l_contig, False if _FWD_TILE_OVERRIDE else None)
     grid = lambda meta: (triton.cdiv(length, meta["BLOCK_L"]), triton.cdiv(dim, meta["BLOCK_D"]), batch)  # noqa: E731
     extra = {}
-    if interp:
+    if _FWD_TILE_OVERRIDE:
+        bd, bl, nw, slide = _FWD_TILE_OVERRIDE
+        extra = {"BLOCK_D": bd, "BLOCK_L": bl, "SLIDE": slide, **({} if interp else {"num_warps": nw})}
+    elif interp:
         bd, bl = _INTERP_TILES[l_contig]
         extra = {"BLOCK_D": bd, "BLOCK_L": bl}
     elif not tuned:
-        bd, bl, nw = _tiles_fwd(l_contig)[0]
-        extra = {"BLOCK_D": bd, "BLOCK_L": bl, "num_warps": nw}
+        bd, bl, nw, slide = _tiles_fwd(l_contig)[0]
+        extra = {"BLOCK_D": bd, "BLOCK_L": bl, "num_warps": nw, "SLIDE": slide}
     kern[grid](
         x, weight, bias if bias is not None else weight, out,
         w2, b2 if b2 is not None else w2, out2,

@@ -73,7 +73,7 @@ import torch
 
 from .reference import check_scan_add, check_scan_inputs, check_scan_out
 
-from .._triton import HAS_TRITON, eager_op, num_sms, tl, triton
+from .._triton import HAS_TRITON, eager_op, num_sms, register_cap, tl, triton
 
 __all__ = ["HAS_TRITON", "selective_scan_bidir_triton", "selective_scan_triton"]
 
@@ -183,6 +183,9 @@ def _scan_fwd_kernel(
     else:
         rev = REVERSE
     it = tl.arange(0, T)[:, None, None, None, None, None]
+    # Step i of a chunk's tile is the i-th in scan order; it_t is its time offset inside the chunk (reversed
+    # for a scan from the last step to the first, which may be chosen at run time: BIDIR)
+    it_t = it + rev * (T - 1 - 2 * it)
     inr = tl.arange(0, NR)[None, :, None, None, None, None]
     idr = tl.arange(0, DR)[None, None, :, None, None, None]
     iw = tl.arange(0, W)[None, None, None, :, None, None]
@@ -227,13 +230,13 @@ def _scan_fwd_kernel(
     # masked off by one scalar test per chunk; with PAD the last chunk's steps past L are masked too.
     sgn = 1 - 2 * rev
     c = rev * (n_chunks - 1)
-    o_p = out_ptr + pid_b * s_ob + d_x * s_od + (c * T) * s_ol + it * s_ol
+    o_p = out_ptr + pid_b * s_ob + d_x * s_od + (c * T) * s_ol + it_t * s_ol
     B_p = B_ptr + pid_b * s_Bb + B_off + (c * T) * s_Bl
     C_p = C_ptr + pid_b * s_Cb + C_off + (c * T) * s_Cl
-    u_f = u_ptr + pid_b * s_ub + d_x * s_ud + (c * T) * s_ul + it * s_ul
-    t_f = dt_ptr + pid_b * s_tb + d_x * s_td + (c * T) * s_tl + it * s_tl
-    z_f = z_ptr + pid_b * s_zb + d_x * s_zd + (c * T) * s_zl + it * s_zl
-    a_f = add_ptr + pid_b * s_ab + d_x * s_ad + (c * T) * s_al + it * s_al
+    u_f = u_ptr + pid_b * s_ub + d_x * s_ud + (c * T) * s_ul + it_t * s_ul
+    t_f = dt_ptr + pid_b * s_tb + d_x * s_td + (c * T) * s_tl + it_t * s_tl
+    z_f = z_ptr + pid_b * s_zb + d_x * s_zd + (c * T) * s_zl + it_t * s_zl
+    a_f = add_ptr + pid_b * s_ab + d_x * s_ad + (c * T) * s_al + it_t * s_al
     if TOUCH:  # B and C rows touched AHEAD chunks early (one element per lane, summed into a value never
         # stored) are in the caches when the per-step loads below ask for them
         lane_t = idl % T
@@ -252,7 +255,7 @@ def _scan_fwd_kernel(
     # The chunk's per-channel tiles are loaded AHEAD chunks before their use, so that enough memory requests
     # are in flight: chunk c here, then (AHEAD = 2) chunk c + sgn, masked off where it lies past either end.
     if PAD:
-        m_f = m_d & ((c * T + it) < L)
+        m_f = m_d & ((c * T + it_t) < L)
     else:
         m_f = m_d
     u_n = tl.load(u_f, mask=m_f, other=0.0)
@@ -269,7 +272,7 @@ def _scan_fwd_kernel(
         t_far = (c + sgn) * T
         m_f = m_d & (t_far >= 0) & (t_far < L)
         if PAD:
-            m_f = m_f & ((t_far + it) < L)
+            m_f = m_f & ((t_far + it_t) < L)
         u_nn = tl.load(u_f, mask=m_f, other=0.0)
         dt_nn = tl.load(t_f, mask=m_f, other=0.0)
         if HAS_Z:
@@ -288,7 +291,7 @@ def _scan_fwd_kernel(
     for _i in range(0, n_chunks):
         t0 = c * T
         if PAD:
-            m_t = (t0 + it) < L
+            m_t = (t0 + it_t) < L
             m_dt = m_d & m_t
         else:
             m_dt = m_d
@@ -302,7 +305,7 @@ def _scan_fwd_kernel(
         far_ok = (t_far >= 0) & (t_far < L)
         m_f = m_d & far_ok
         if PAD:
-            m_f = m_f & ((t_far + it) < L)
+            m_f = m_f & ((t_far + it_t) < L)
         if AHEAD == 2:
             u_n = u_nn
             dt_n = dt_nn
@@ -355,15 +358,10 @@ def _scan_fwd_kernel(
         # The recurrence, step by step inside each thread. Picking step j out of a tile and putting it back
         # are selects on compile-time constants plus adds of -0.0, which the compiler folds away.
         y = tl.full([T, 1, DR, W, 1, DL], 0.0, tl.float32)
-        for jj in tl.static_range(T):
-            if REVERSE:  # (BIDIR runs chunks of one step, T = 1: j = 0 either way)
-                j = T - 1 - jj
-            else:
-                j = jj
+        for j in tl.static_range(T):
+            e_j = j + rev * (T - 1 - 2 * j)  # its time offset in the chunk
             if PAD:  # steps past L (their results are not stored) read the last step's B and C
-                e_j = tl.minimum(j, L - 1 - t0)
-            else:
-                e_j = j
+                e_j = tl.minimum(e_j, L - 1 - t0)
             B_j = _load_states(B_p + e_j * s_Bl, m_n, VEC)
             C_j = _load_states(C_p + e_j * s_Cl, m_n, VEC)
             dt_j = tl.reduce(tl.where(it == j, dt, -0.0), 0, _sum_comb, keep_dims=True)
@@ -695,7 +693,8 @@ _STRIDE_ARGS = ("s_ub s_ul s_tb s_tl s_zb s_zl s_Bb s_Bl s_Cb s_Cl s_ob s_ol s_g
                 "never").split()
 
 # Tile shapes (T, NR, DR, W, NL, DL); num_warps = W. Benchmarks and tests may set
-# _CONFIG_OVERRIDE = {"fwd": (...), "bwd": (...), "atomic_bc": bool} to force a choice.
+# _CONFIG_OVERRIDE = {"fwd": (...), "bwd": (...), "atomic_bc": bool} to force a choice; "maxnreg" /
+# "maxnreg_bwd" (an int, 0 = no option) replace the forward's register rule / set one for the backward.
 _CONFIG_OVERRIDE: Optional[dict] = None
 
 
@@ -773,6 +772,11 @@ def _vec_ok(x: torch.Tensor, NR: int, NL: int, nstate: int) -> bool:
             and (x.stride(0) * el) % width == 0 and (x.stride(2) * el) % width == 0)
 
 
+def _override(key: str):
+    """An entry of _CONFIG_OVERRIDE, or None."""
+    return _CONFIG_OVERRIDE.get(key) if _CONFIG_OVERRIDE else None
+
+
 def _atomic_bc() -> bool:
     return bool(_CONFIG_OVERRIDE and _CONFIG_OVERRIDE.get("atomic_bc"))
 
@@ -792,11 +796,13 @@ def _launch_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, want_las
     n_dir = 2 if second is not None else 1
     rows = n_dir * batch * dim / num_sms(u.device)
     cfg = _config("fwd", dim, nstate, length, interp, rows)
-    if second is not None:
-        cfg = (1,) + tuple(cfg[1:])  # a direction chosen at run time walks chunks of one step
     T, NR, DR, W, NL, DL = cfg[:6]
     ahead = cfg[6] if len(cfg) > 6 else 1  # chunks of u, delta, z loaded ahead of their use: 1 or 2
     touch = bool(cfg[7]) if len(cfg) > 7 else True  # B and C rows touched AHEAD chunks before their use
+    if second is not None and not interp and _override("fwd") is None:
+        # the rule's tiles for the pair were measured at one step per chunk (runs 5-8); longer chunks (which
+        # the interpreter tests run) are a sweep's to choose
+        cfg = (1,) + tuple(cfg[1:])
     scans = [(u, delta, A, B, C, D, delta_bias)] + ([tuple(second)] if second is not None else [])
     vec = not interp and all(_vec_ok(x, NR, NL, nstate) for sc in scans for x in sc[3:5])
     if _CONFIG_OVERRIDE and "vec" in _CONFIG_OVERRIDE:
@@ -835,6 +841,14 @@ def _launch_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, want_las
     else:
         u_r, delta_r, A_r, B_r, C_r, D_r, bias_r, out_r = u, delta, A, B, C, D, delta_bias, out
     grid = (triton.cdiv(dim, DR * W * DL), batch, n_dir)
+    # Registers: long sequences get all that one wave of the grid leaves (run 8, H200: the Vim-Ti and Vim-S
+    # 1248 pairs 3.65 -> 3.14 ms); short ones keep ptxas's choice (a single scan at 128 x 197 ran 0.121 ms
+    # with it and 0.146 with 168 registers; the 224 pair 0.198 against 0.193 at 80).
+    warps_per_sm = grid[0] * grid[1] * grid[2] * W / num_sms(dev)
+    if interp or (length < 1024 and _override("maxnreg") is None):
+        regs = {}
+    else:
+        regs = register_cap(warps_per_sm, _override("maxnreg"))
     fwd[grid](
         u, delta, A, B, C, D if D is not None else A, zz, delta_bias if delta_bias is not None else A, aa,
         out, last if last is not None else A, hs[0],
@@ -854,7 +868,7 @@ def _launch_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, want_las
         HS_EVERY=seg // T,
         EVEN_D=dim % (DR * W * DL) == 0, EVEN_N=nstate == NR * NL, PAD=length % T != 0,
         T=T, NR=NR, DR=DR, W=W, NL=NL, DL=DL, AHEAD=ahead, VEC=vec, BIDIR=second is not None, TOUCH=touch,
-        num_warps=W,
+        num_warps=W, **regs,
     )
     hs = [h if want_hs else None for h in hs]
     if second is not None:
@@ -910,6 +924,9 @@ def _launch_bwd(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, hs, chun
     if dlast is not None:
         dlast = dlast.to(torch.float32).contiguous()
     grid = (n_dblocks, batch)
+    # ptxas's own register choice (128 at the 224 tile) unless a sweep asks otherwise: below it the
+    # backward spills (offline sm_90 compile: 120-256 bytes of stack at 80-96 registers)
+    regs = {} if interp or _override("maxnreg_bwd") is None else register_cap(0, _override("maxnreg_bwd"))
     bwd[grid](
         u, delta, A, B, C, D if D is not None else A, zz, delta_bias if delta_bias is not None else A,
         dout, hs, dlast if dlast is not None else A, scratch,
@@ -928,7 +945,7 @@ def _launch_bwd(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, hs, chun
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(softplus),
         REVERSE=bool(reverse), HAS_DLAST=dlast is not None, ATOMIC_BC=atomic,
         EVEN_D=dim % (DR * W * DL) == 0, EVEN_N=nstate == NR * NL, PAD=length % (T * K) != 0, K=K, TA=TA,
-        T=T, NR=NR, DR=DR, W=W, NL=NL, DL=DL, num_warps=W,
+        T=T, NR=NR, DR=DR, W=W, NL=NL, DL=DL, num_warps=W, **regs,
     )
     dA = dA_part.sum(0)
     dD = dD_part.sum(0) if dD_part is not None else None
