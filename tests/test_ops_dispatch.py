@@ -161,3 +161,30 @@ def test_bidir_scan_custom_ops_pass_opcheck():
         bwd = [t.detach().clone() for t in bwd]
         torch.library.opcheck(triton_scan._bidir_fwd_out_op.op, (*fwd, *bwd, z.detach(), True, fwd[0], bwd[0]),
                               test_utils=("test_schema", "test_faketensor"))
+
+
+def test_eager_op_autograd_binds_defaults_and_keeps_context():
+    """The eager autograd path (``forward(ctx, *args)`` around the op's impl and setup_context): arguments left
+    out take the impl's defaults, setup_context sees the full inputs, and gradients are the op's."""
+    from vimamba.ops._triton import eager_op
+
+    seen = []
+
+    def impl(x: torch.Tensor, scale: float = 3.0) -> torch.Tensor:
+        return x * scale
+
+    def setup_context(ctx, inputs, output):
+        seen.append(len(inputs))
+        ctx.scale = inputs[1]
+
+    def backward(ctx, grad):
+        return grad * ctx.scale, None
+
+    op = eager_op("vimamba_test::scale_by", impl, backward=backward, setup_context=setup_context)
+    x = torch.randn(5, requires_grad=True)
+    (gx,) = torch.autograd.grad(op(x).sum(), [x])
+    assert torch.equal(gx, torch.full_like(x, 3.0)) and seen == [2]
+    (gx,) = torch.autograd.grad(op(x, 0.5).sum(), [x])
+    assert torch.equal(gx, torch.full_like(x, 0.5)) and seen == [2, 2]
+    with torch.no_grad():  # no autograd: the impl itself, no context
+        assert torch.equal(op(x, 2.0), x.detach() * 2.0) and seen == [2, 2]

@@ -796,13 +796,13 @@ def _launch_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, want_las
     n_dir = 2 if second is not None else 1
     rows = n_dir * batch * dim / num_sms(u.device)
     cfg = _config("fwd", dim, nstate, length, interp, rows)
-    T, NR, DR, W, NL, DL = cfg[:6]
-    ahead = cfg[6] if len(cfg) > 6 else 1  # chunks of u, delta, z loaded ahead of their use: 1 or 2
-    touch = bool(cfg[7]) if len(cfg) > 7 else True  # B and C rows touched AHEAD chunks before their use
     if second is not None and not interp and _override("fwd") is None:
         # the rule's tiles for the pair were measured at one step per chunk (runs 5-8); longer chunks (which
         # the interpreter tests run) are a sweep's to choose
         cfg = (1,) + tuple(cfg[1:])
+    T, NR, DR, W, NL, DL = cfg[:6]
+    ahead = cfg[6] if len(cfg) > 6 else 1  # chunks of u, delta, z loaded ahead of their use: 1 or 2
+    touch = bool(cfg[7]) if len(cfg) > 7 else True  # B and C rows touched AHEAD chunks before their use
     scans = [(u, delta, A, B, C, D, delta_bias)] + ([tuple(second)] if second is not None else [])
     vec = not interp and all(_vec_ok(x, NR, NL, nstate) for sc in scans for x in sc[3:5])
     if _CONFIG_OVERRIDE and "vec" in _CONFIG_OVERRIDE:
