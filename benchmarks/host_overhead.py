@@ -68,7 +68,7 @@ def _kernel_profile(step, steps=3):
             step()
         torch.cuda.synchronize()
     kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
-    gpu_us = sum(e.device_time_total if hasattr(e, "device_time_total") else e.cuda_time_total for e in kernels)
+    gpu_us = sum(e.device_time_total for e in kernels)
     return gpu_us / 1000.0 / steps, len(kernels) / steps
 
 
@@ -84,32 +84,35 @@ def _cprofile(step, steps):
     return text.getvalue()
 
 
-def main_train(args):
-    dtype = torch.bfloat16
-    device = torch.device("cuda")
-    report = {"env": benchmark.environment(dtype), "size": args.size, "batch": args.batch, "mode": "train",
-              "models": {}}
-    for name in ("vim_tiny", "deit_tiny_sdpa"):
-        model = benchmark.build_model(name, args.size, device).train()
-        images = torch.randn(args.batch, 3, args.size, args.size, device=device)
-        step = _train_step(model, images, dtype)
-        eager = benchmark._time_cuda(step, warmup=3, iters=10)
-        gpu_ms, launches = _kernel_profile(step)
-        row = {"eager_ms": eager, "gpu_kernel_ms": gpu_ms, "launches_per_step": launches}
-        if name.startswith("vim"):
-            row["cprofile_top_tottime"] = _cprofile(step, 3)
-        report["models"][name] = row
-        del model, step
-        torch.cuda.empty_cache()
-    print(f"device: {report['env']['device']}, training step {args.size}x{args.size}, batch {args.batch}, bf16")
-    print("| model | eager ms/step | kernel ms/step | launches/step |")
-    print("| --- | --- | --- | --- |")
-    for name, row in report["models"].items():
-        print(f"| {name} | {row['eager_ms']:.2f} | {row['gpu_kernel_ms']:.2f} | {row['launches_per_step']:.0f} |")
-    print(report["models"]["vim_tiny"]["cprofile_top_tottime"][:8000])
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(report, f, indent=1)
+def _inference(model, images, dtype):
+    """(step, row): the eager forward against the replay of its CUDA graph."""
+    model.eval()
+
+    def step():
+        with torch.inference_mode(), torch.autocast("cuda", dtype=dtype):
+            model(images)
+
+    eager = benchmark._time_cuda(step, warmup=3, iters=20)
+    graph = _graph_ms(model, images, dtype)
+    return step, {"eager_ms": eager, "graph_ms": graph, "host_overhead_ms": eager - graph}
+
+
+def _training(model, images, dtype):
+    """(step, row): the eager training step against the GPU time of its kernels, and its launches."""
+    model.train()
+    step = _train_step(model, images, dtype)
+    eager = benchmark._time_cuda(step, warmup=3, iters=10)
+    gpu_ms, launches = _kernel_profile(step)
+    return step, {"eager_ms": eager, "gpu_kernel_ms": gpu_ms, "launches_per_step": launches}
+
+
+# mode -> (title, table columns as (header, row key, format))
+_TABLES = {
+    "infer": ("", [("eager ms/batch", "eager_ms", ".2f"), ("CUDA-graph ms/batch", "graph_ms", ".2f"),
+                   ("host overhead ms", "host_overhead_ms", ".2f")]),
+    "train": ("training step ", [("eager ms/step", "eager_ms", ".2f"), ("kernel ms/step", "gpu_kernel_ms", ".2f"),
+                                 ("launches/step", "launches_per_step", ".0f")]),
+}
 
 
 def main():
@@ -119,33 +122,27 @@ def main():
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--train", action="store_true", help="the training step instead of inference")
     args = p.parse_args()
-    if args.train:
-        return main_train(args)
+    mode = "train" if args.train else "infer"
     dtype = torch.bfloat16
     device = torch.device("cuda")
-    report = {"env": benchmark.environment(dtype), "size": args.size, "batch": args.batch, "models": {}}
+    report = {"env": benchmark.environment(dtype), "size": args.size, "batch": args.batch, "mode": mode,
+              "models": {}}
     for name in ("vim_tiny", "deit_tiny_sdpa"):
-        model = benchmark.build_model(name, args.size, device).eval()
+        model = benchmark.build_model(name, args.size, device)
         images = torch.randn(args.batch, 3, args.size, args.size, device=device)
-
-        def step(model=model, images=images):
-            with torch.inference_mode(), torch.autocast("cuda", dtype=dtype):
-                model(images)
-
-        eager = benchmark._time_cuda(step, warmup=3, iters=20)
-        graph = _graph_ms(model, images, dtype)
-        row = {"eager_ms": eager, "graph_ms": graph, "host_overhead_ms": eager - graph}
+        step, row = (_training if args.train else _inference)(model, images, dtype)
         if name.startswith("vim"):
-            row["cprofile_top_tottime"] = _cprofile(step, 5)
+            row["cprofile_top_tottime"] = _cprofile(step, 3 if args.train else 5)
         report["models"][name] = row
-        del model
+        del model, step
         torch.cuda.empty_cache()
-    print(f"device: {report['env']['device']}, {args.size}x{args.size}, batch {args.batch}, bf16")
-    print("| model | eager ms/batch | CUDA-graph ms/batch | host overhead ms |")
-    print("| --- | --- | --- | --- |")
+    title, columns = _TABLES[mode]
+    print(f"device: {report['env']['device']}, {title}{args.size}x{args.size}, batch {args.batch}, bf16")
+    print("| model | " + " | ".join(c[0] for c in columns) + " |")
+    print("| --- " * (len(columns) + 1) + "|")
     for name, row in report["models"].items():
-        print(f"| {name} | {row['eager_ms']:.2f} | {row['graph_ms']:.2f} | {row['host_overhead_ms']:.2f} |")
-    print(report["models"]["vim_tiny"]["cprofile_top_tottime"][:6000])
+        print(f"| {name} | " + " | ".join(format(row[key], fmt) for _, key, fmt in columns) + " |")
+    print(report["models"]["vim_tiny"]["cprofile_top_tottime"][:8000])
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(report, f, indent=1)
