@@ -296,7 +296,8 @@ def main():
         def variants(length):
             ahead = 2 if length > 1000 else 1
             return ["default", {"bc32": True}, {"xdbl": True}, {"xdbl": True, "bc32": True},
-                    (1, 16, 1, 1, 1, 32, 1, False), (2, 16, 1, 1, 1, 32, 1, True), (4, 16, 1, 1, 1, 32, 1, True), (2, 16, 1, 1, 1, 32, 1, False),
+                    (1, 16, 1, 1, 1, 32, 1, False), (2, 16, 1, 1, 1, 32, 1, True), (4, 16, 1, 1, 1, 32, 1, True),
+                    (2, 16, 1, 1, 1, 32, 1, False),
                     {"tile": (2, 16, 1, 1, 1, 32, 1, True), "xdbl": True, "bc32": True},
                     (2, 8, 1, 1, 2, 16, ahead, False)]
         report["sweep"] = sweep_bidir(variants)
