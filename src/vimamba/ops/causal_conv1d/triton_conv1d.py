@@ -85,41 +85,18 @@ def _conv1d_fwd_kernel(
         t0 = pid_l * BLOCK_L
         zero = tl.full([BLOCK_D], 0.0, tl.float32)
         w_rows = offs_d * stride_wd
+        # the masks of lags past the width and of an absent bias are compile-time False: zeros, no loads
         wa0 = tl.load(w_ptr + w_rows + (W - 1) * stride_wk, mask=mask_d, other=0.0).to(tl.float32)
-        if W > 1:
-            wa1 = tl.load(w_ptr + w_rows + (W - 2) * stride_wk, mask=mask_d, other=0.0).to(tl.float32)
-        else:
-            wa1 = zero
-        if W > 2:
-            wa2 = tl.load(w_ptr + w_rows + (W - 3) * stride_wk, mask=mask_d, other=0.0).to(tl.float32)
-        else:
-            wa2 = zero
-        if W > 3:
-            wa3 = tl.load(w_ptr + w_rows + (W - 4) * stride_wk, mask=mask_d, other=0.0).to(tl.float32)
-        else:
-            wa3 = zero
-        if HAS_BIAS:
-            ba = tl.load(b_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-        else:
-            ba = zero
+        wa1 = tl.load(w_ptr + w_rows + (W - 2) * stride_wk, mask=mask_d & (W > 1), other=0.0).to(tl.float32)
+        wa2 = tl.load(w_ptr + w_rows + (W - 3) * stride_wk, mask=mask_d & (W > 2), other=0.0).to(tl.float32)
+        wa3 = tl.load(w_ptr + w_rows + (W - 4) * stride_wk, mask=mask_d & (W > 3), other=0.0).to(tl.float32)
+        ba = tl.load(b_ptr + offs_d, mask=mask_d & HAS_BIAS, other=0.0).to(tl.float32)
         if PAIR:
             wb0 = tl.load(w2_ptr + w_rows + (W - 1) * stride_wk, mask=mask_d, other=0.0).to(tl.float32)
-            if W > 1:
-                wb1 = tl.load(w2_ptr + w_rows + (W - 2) * stride_wk, mask=mask_d, other=0.0).to(tl.float32)
-            else:
-                wb1 = zero
-            if W > 2:
-                wb2 = tl.load(w2_ptr + w_rows + (W - 3) * stride_wk, mask=mask_d, other=0.0).to(tl.float32)
-            else:
-                wb2 = zero
-            if W > 3:
-                wb3 = tl.load(w2_ptr + w_rows + (W - 4) * stride_wk, mask=mask_d, other=0.0).to(tl.float32)
-            else:
-                wb3 = zero
-            if HAS_BIAS:
-                bb = tl.load(b2_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-            else:
-                bb = zero
+            wb1 = tl.load(w2_ptr + w_rows + (W - 2) * stride_wk, mask=mask_d & (W > 1), other=0.0).to(tl.float32)
+            wb2 = tl.load(w2_ptr + w_rows + (W - 3) * stride_wk, mask=mask_d & (W > 2), other=0.0).to(tl.float32)
+            wb3 = tl.load(w2_ptr + w_rows + (W - 4) * stride_wk, mask=mask_d & (W > 3), other=0.0).to(tl.float32)
+            bb = tl.load(b2_ptr + offs_d, mask=mask_d & HAS_BIAS, other=0.0).to(tl.float32)
         x1 = zero  # x[t-1], x[t-2], x[t-3]
         x2 = zero
         x3 = zero
