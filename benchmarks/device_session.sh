@@ -7,7 +7,8 @@
 # 1. GPU correctness: full-size scans (both directions, every gradient), the conv (SLIDE tiles included),
 #    the whole-model fast-vs-reference comparison;   2. the v6b scan sweep;   3. `vimamba bench` at the target
 #    sizes;   4. the per-kernel profile, printing which conv tile the autotuner took;   5. the training step's
-#    host time (host_overhead.py --train);   6. Nsight Compute's stall reasons for the 1248 pair, where ncu runs.
+#    host time (host_overhead.py --train);   6. the first call's compile/autotune seconds (first_call.py);
+#    7. Nsight Compute's stall reasons for the 1248 pair, where ncu runs.
 # Needs the project on PYTHONPATH (set here) and nothing installed; about 9 minutes on an H200.
 set -u
 out=${1:?usage: device_session.sh OUTDIR TAG}
@@ -34,6 +35,7 @@ step 120 "profile-$tag.log" env TRITON_PRINT_AUTOTUNING=1 python benchmarks/scan
     --out "$out/profile-$tag.json"
 step 90 "host_overhead_train-$tag.log" python benchmarks/host_overhead.py --train \
     --out "$out/host_overhead_train-$tag.json"
+step 90 "first_call-$tag.log" python benchmarks/first_call.py
 if command -v ncu > /dev/null; then
     step 100 "ncu_pair_stalls-$tag.txt" ncu --clock-control none -k regex:_scan_fwd_kernel --launch-skip 1 \
         --launch-count 1 --metrics "regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio" \
