@@ -33,12 +33,25 @@ except ImportError:  # pragma: no cover - exercised only without triton
 
     tl = _NoTriton()
 
-__all__ = ["HAS_TRITON", "autotune_enabled", "eager_op", "num_sms", "register_cap", "tl", "triton"]
+__all__ = ["HAS_TRITON", "autotune_enabled", "cdiv", "eager_op", "next_pow2", "num_sms", "register_cap", "tl",
+           "triton"]
 
 
 def autotune_enabled() -> bool:
     """``VIMAMBA_TRITON_AUTOTUNE=0`` skips autotuning: the first (heuristic) config of each list is used."""
     return os.environ.get("VIMAMBA_TRITON_AUTOTUNE", "1").strip() != "0"
+
+
+def cdiv(a: int, b: int) -> int:
+    """ceil(a / b) for the launchers' host arithmetic. Why not ``triton.cdiv``: in Triton 3.8 it is a
+    ``ConstexprFunction`` whose host call unwraps its arguments first, ~5 us a call (cProfile of the two-direction
+    scan's wrapper: 17 of its ~50 us in three such calls; ``benchmarks/wrapper_overhead.py``)."""
+    return -(-a // b)
+
+
+def next_pow2(n: int) -> int:
+    """The smallest power of 2 >= n (1 for n <= 1); host-side, for the same reason as ``cdiv``."""
+    return 1 << max(0, int(n) - 1).bit_length()
 
 
 def num_sms(device: torch.device) -> int:

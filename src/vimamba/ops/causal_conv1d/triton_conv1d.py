@@ -47,7 +47,7 @@ from typing import Optional
 
 import torch
 
-from .._triton import HAS_TRITON, autotune_enabled, eager_op, num_sms, tl, triton
+from .._triton import HAS_TRITON, autotune_enabled, cdiv, eager_op, next_pow2, num_sms, tl, triton
 from .reference import check_conv_inputs
 
 if HAS_TRITON:
@@ -418,7 +418,7 @@ def _launch_fwd(x, weight, bias, silu, reverse, second=None):
     w2, b2 = second if second is not None else (weight, bias)  # (the pair's caller checked they match)
     l_contig = x.stride(2) == 1 or length == 1
     kern, interp, tuned = _get_kernel("fwd", l_contig, False if _FWD_TILE_OVERRIDE else None)
-    grid = lambda meta: (triton.cdiv(length, meta["BLOCK_L"]), triton.cdiv(dim, meta["BLOCK_D"]), batch)  # noqa: E731
+    grid = lambda meta: (cdiv(length, meta["BLOCK_L"]), cdiv(dim, meta["BLOCK_D"]), batch)  # noqa: E731
     extra = {}
     if _FWD_TILE_OVERRIDE:
         bd, bl, nw, slide = _FWD_TILE_OVERRIDE
@@ -447,10 +447,10 @@ def _length_chunks(n_lblocks: int, batch: int, dim: int, l_contig: bool, device,
     partial rows as possible (each program accumulates its tiles' weight/bias gradients in registers)."""
     if interp:
         return 2  # exercises the loop over tiles
-    n_dblocks = triton.cdiv(dim, _tiles_bwd_d(l_contig)[0][0])
+    n_dblocks = cdiv(dim, _tiles_bwd_d(l_contig)[0][0])
     sms = num_sms(device)
-    chunks = min(n_lblocks, max(1, triton.cdiv(4 * sms, batch * n_dblocks)))
-    return triton.cdiv(n_lblocks, chunks)
+    chunks = min(n_lblocks, max(1, cdiv(4 * sms, batch * n_dblocks)))
+    return cdiv(n_lblocks, chunks)
 
 
 def _launch_bwd(x, weight, bias, dout, silu, reverse, want_dx, want_dw, want_db):
@@ -460,14 +460,14 @@ def _launch_bwd(x, weight, bias, dout, silu, reverse, want_dx, want_dw, want_db)
     l_contig = x.stride(2) == 1 or length == 1
     kern, interp, tuned = _get_kernel("bwd", l_contig)
     block_l = _INTERP_TILES[l_contig][1] if interp else _tile_l_bwd(l_contig)
-    n_lblocks = triton.cdiv(length, block_l)
+    n_lblocks = cdiv(length, block_l)
     tiles_per_prog = _length_chunks(n_lblocks, batch, dim, l_contig, x.device, interp) if n_lblocks else 1
-    n_chunks = triton.cdiv(n_lblocks, tiles_per_prog)
+    n_chunks = cdiv(n_lblocks, tiles_per_prog)
     n_parts = batch * n_chunks
     dw_part = torch.empty((n_parts, width, dim), device=x.device, dtype=torch.float32) if want_dw else None
     db_part = torch.empty((n_parts, dim), device=x.device, dtype=torch.float32) if want_db else None
     if x.numel() > 0:
-        grid = lambda meta: (n_chunks, triton.cdiv(dim, meta["BLOCK_D"]), batch)  # noqa: E731
+        grid = lambda meta: (n_chunks, cdiv(dim, meta["BLOCK_D"]), batch)  # noqa: E731
         extra = {}
         if interp:
             extra = {"BLOCK_D": _INTERP_TILES[l_contig][0]}
@@ -485,7 +485,7 @@ def _launch_bwd(x, weight, bias, dout, silu, reverse, want_dx, want_dw, want_db)
             weight.stride(0), weight.stride(1),
             dout.stride(0), dout.stride(1), dout.stride(2),
             *(dx.stride() if dx is not None else (0, 0, 0)),
-            W=width, WP=triton.next_power_of_2(width), REVERSE=bool(reverse), HAS_BIAS=bias is not None,
+            W=width, WP=next_pow2(width), REVERSE=bool(reverse), HAS_BIAS=bias is not None,
             SILU=bool(silu), WANT_DX=bool(want_dx), WANT_DW=bool(want_dw), WANT_DB=bool(want_db),
             BLOCK_L=block_l, **extra,
         )

@@ -32,7 +32,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from .._triton import HAS_TRITON, autotune_enabled, eager_op, num_sms, tl, triton
+from .._triton import HAS_TRITON, autotune_enabled, cdiv, eager_op, next_pow2, num_sms, tl, triton
 
 if HAS_TRITON:
     from triton.runtime.jit import JITFunction
@@ -127,7 +127,7 @@ def _add_rms_norm_bwd_kernel(
 # ----------------------------------------------------------------------------------------------------------
 
 def _block_h(hidden: int) -> int:
-    return max(16, triton.next_power_of_2(hidden))
+    return max(16, next_pow2(hidden))
 
 
 def _fwd_configs(block_h: int):
@@ -202,7 +202,7 @@ def _launch_fwd(x, residual, weight, eps, add_fp32, stream_dtype):
         return y, s
     block_h = _block_h(hidden)
     kern, interp, tuned = _get_kernel("fwd", block_h)
-    grid = lambda meta: (triton.cdiv(n_rows, meta["BLOCK_M"]),)  # noqa: E731
+    grid = lambda meta: (cdiv(n_rows, meta["BLOCK_M"]),)  # noqa: E731
     extra = {}
     if interp:
         extra = {"BLOCK_M": _interp_block_m(block_h)}
@@ -243,7 +243,7 @@ def _launch_bwd(s, weight, gy, gs, eps, x_dtype, r_dtype, want_dx, want_dr, want
     kern, interp, tuned = _get_kernel("bwd", block_h)
     block_m = _interp_block_m(block_h) if interp else _bwd_block_m(block_h)
     extra = {} if interp or tuned else {"num_warps": _bwd_warps(block_h)[0]}
-    n_progs = max(1, min(triton.cdiv(n_rows, block_m), 4 * num_sms(s.device)))
+    n_progs = max(1, min(cdiv(n_rows, block_m), 4 * num_sms(s.device)))
     dw_part = torch.empty((n_progs, hidden), device=s.device, dtype=torch.float32) if want_dw else None
     dummy = s2
     kern[(n_progs,)](
@@ -251,7 +251,7 @@ def _launch_bwd(s, weight, gy, gs, eps, x_dtype, r_dtype, want_dx, want_dr, want
         gy2 if gy2 is not None else dummy, gs2 if gs2 is not None else dummy,
         dx if dx is not None else dummy, dr if dr is not None else dummy,
         dw_part if dw_part is not None else dummy,
-        n_rows, triton.cdiv(n_rows, block_m), hidden,
+        n_rows, cdiv(n_rows, block_m), hidden,
         s2.stride(0), s2.stride(1),
         gy2.stride(0) if gy2 is not None else 0, gy2.stride(1) if gy2 is not None else 0,
         gs2.stride(0) if gs2 is not None else 0, gs2.stride(1) if gs2 is not None else 0,

@@ -73,7 +73,7 @@ import torch
 
 from .reference import check_scan_add, check_scan_inputs, check_scan_out
 
-from .._triton import HAS_TRITON, eager_op, num_sms, register_cap, tl, triton
+from .._triton import HAS_TRITON, cdiv, eager_op, next_pow2, num_sms, register_cap, tl, triton
 
 __all__ = ["HAS_TRITON", "selective_scan_bidir_triton", "selective_scan_triton"]
 
@@ -714,10 +714,6 @@ def _get_kernels():
     return kern[0], kern[1], interp
 
 
-def _next_pow2(x: int) -> int:
-    return 1 << max(0, int(x - 1).bit_length())
-
-
 def _config(kind: str, dim: int, nstate: int, length: int, interp: bool, rows_per_sm: float = 0.0):
     """Tile shape (T, NR, DR, W, NL, DL[, AHEAD[, TOUCH]]) of the forward ("fwd") kernel, or (T, NR, DR, W, NL, DL, K)
     of the backward ("bwd"), whose segments of T * K steps are also the spacing of the states the forward saves.
@@ -725,10 +721,10 @@ def _config(kind: str, dim: int, nstate: int, length: int, interp: bool, rows_pe
     ``rows_per_sm``: the (batch element, channel) rows of the problem per streaming multiprocessor."""
     if _CONFIG_OVERRIDE and kind in _CONFIG_OVERRIDE:
         return tuple(_CONFIG_OVERRIDE[kind])
-    bn = _next_pow2(nstate)
+    bn = next_pow2(nstate)
     if interp:  # the interpreter's cost is per element: small tiles, no lane split
-        t = min(4, _next_pow2(length))
-        cfg = (t, bn, min(_next_pow2(dim), 4), 1, 1, 1)
+        t = min(4, next_pow2(length))
+        cfg = (t, bn, min(next_pow2(dim), 4), 1, 1, 1)
         return cfg + (2,) if kind == "bwd" else cfg
     # From the H100 sweep (NOTES_triton.md, run 3): the scans are latency-bound, so what counts is the
     # number of threads kept busy. Spreading a channel's states over NL lanes multiplies the threads by NL
@@ -817,8 +813,8 @@ def _launch_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, want_las
         seg = T
     if seg % T:
         raise ValueError(f"the backward's segment ({seg} steps) must be a multiple of the forward's chunk ({T})")
-    n_chunks = triton.cdiv(length, T)
-    n_hs = triton.cdiv(length, seg)
+    n_chunks = cdiv(length, T)
+    n_hs = cdiv(length, seg)
     dev = u.device
     if out is None:  # written time-major, returned as a (batch, dim, length) view: lanes store consecutive channels
         out = torch.empty((batch, length, dim), device=dev, dtype=u.dtype).transpose(1, 2)
@@ -840,7 +836,7 @@ def _launch_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, want_las
         out_r = out_second
     else:
         u_r, delta_r, A_r, B_r, C_r, D_r, bias_r, out_r = u, delta, A, B, C, D, delta_bias, out
-    grid = (triton.cdiv(dim, DR * W * DL), batch, n_dir)
+    grid = (cdiv(dim, DR * W * DL), batch, n_dir)
     # Registers: long sequences get all that one wave of the grid leaves (run 8, H200: the Vim-Ti and Vim-S
     # 1248 pairs 3.65 -> 3.14 ms); short ones keep ptxas's choice (a single scan at 128 x 197 ran 0.121 ms
     # with it and 0.146 with 168 registers; the 224 pair 0.198 against 0.193 at 80).
@@ -898,8 +894,8 @@ def _launch_bwd(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, hs, chun
     if T * K != chunk:
         raise RuntimeError(f"selective_scan_triton: states were saved every {chunk} steps, the backward's "
                            f"segments have {T * K}")
-    n_seg = triton.cdiv(length, T * K)
-    n_dblocks = triton.cdiv(dim, DR * W * DL)
+    n_seg = cdiv(length, T * K)
+    n_dblocks = cdiv(dim, DR * W * DL)
     scratch = torch.empty((batch * n_dblocks * K * DR * W * DL * NR * NL,), device=u.device,
                           dtype=torch.float32)
     n_parts = n_dblocks * W
