@@ -594,14 +594,15 @@ def causal_conv1d_pair_triton(
                          f"{tuple(weight.shape)}/{weight.stride()} with bias {bias is not None} and "
                          f"{tuple(weight_rev.shape)}/{weight_rev.stride()} with bias {bias_rev is not None}")
     tensors = (x, weight, bias, weight_rev, bias_rev)
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
-        return (causal_conv1d_triton(x, weight, bias, activation),
-                causal_conv1d_triton(x, weight_rev, bias_rev, activation, reverse=True))
+    silu = activation is not None
     if bias is not None:
-        bias = bias.contiguous()
+        bias = bias.contiguous()  # as in causal_conv1d_triton
     if bias_rev is not None:
         bias_rev = bias_rev.contiguous()
-    return _conv_pair_op(x, weight, bias, weight_rev, bias_rev, activation is not None)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        # the two differentiable convs of causal_conv1d_triton, without checking the arguments again
+        return _conv_fwd_op(x, weight, bias, silu, False), _conv_fwd_op(x, weight_rev, bias_rev, silu, True)
+    return _conv_pair_op(x, weight, bias, weight_rev, bias_rev, silu)
 
 
 def causal_conv1d_triton(

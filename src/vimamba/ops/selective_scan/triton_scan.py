@@ -719,8 +719,8 @@ def _config(kind: str, dim: int, nstate: int, length: int, interp: bool, rows_pe
     of the backward ("bwd"), whose segments of T * K steps are also the spacing of the states the forward saves.
 
     ``rows_per_sm``: the (batch element, channel) rows of the problem per streaming multiprocessor."""
-    if _CONFIG_OVERRIDE and kind in _CONFIG_OVERRIDE:
-        return tuple(_CONFIG_OVERRIDE[kind])
+    if _override(kind) is not None:
+        return tuple(_override(kind))
     bn = next_pow2(nstate)
     if interp:  # the interpreter's cost is per element: small tiles, no lane split
         t = min(4, next_pow2(length))
@@ -774,7 +774,7 @@ def _override(key: str):
 
 
 def _atomic_bc() -> bool:
-    return bool(_CONFIG_OVERRIDE and _CONFIG_OVERRIDE.get("atomic_bc"))
+    return bool(_override("atomic_bc"))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -801,10 +801,10 @@ def _launch_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, want_las
     touch = bool(cfg[7]) if len(cfg) > 7 else True  # B and C rows touched AHEAD chunks before their use
     scans = [(u, delta, A, B, C, D, delta_bias)] + ([tuple(second)] if second is not None else [])
     vec = not interp and all(_vec_ok(x, NR, NL, nstate) for sc in scans for x in sc[3:5])
-    if _CONFIG_OVERRIDE and "vec" in _CONFIG_OVERRIDE:
-        vec = vec and bool(_CONFIG_OVERRIDE["vec"])
-    if _CONFIG_OVERRIDE and "touch" in _CONFIG_OVERRIDE:
-        touch = bool(_CONFIG_OVERRIDE["touch"])
+    if _override("vec") is not None:
+        vec = vec and bool(_override("vec"))
+    if _override("touch") is not None:
+        touch = bool(_override("touch"))
     _check_tile(T, NR, DR, W, NL, DL, nstate)
     if want_hs:  # the states entering each segment of the backward
         cfg_b = _config("bwd", dim, nstate, length, interp, batch * dim / num_sms(u.device))
