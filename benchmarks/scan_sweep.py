@@ -191,6 +191,55 @@ def sweep_bidir(variants=None):
     return rows
 
 
+def sweep_bidir_backward(variants, problems=((128, 384, 197), (128, 768, 197), (8, 384, 6085))):
+    """The two-direction pair forward + backward (autograd, all 15 inputs' gradients) at Vim-Ti and Vim-S
+    224, batch 128 (the training target) and Vim-Ti 1248, batch 8: each variant (override dicts on top of the
+    rule, e.g. {"bidir_bwd": False}: the backward as two launches) against the first one's gradients; bwd_ms
+    is the pair's forward+backward time less its no-grad forward."""
+    import triton
+
+    from vimamba.ops.selective_scan.triton_scan import selective_scan_bidir_triton
+
+    keys = ("u", "delta", "A", "B", "C", "D", "delta_bias")
+    rows = []
+    for batch, dim, length in problems:
+        a = _inputs(batch, dim, 16, length, torch.bfloat16, time_major=True, device="cuda", seed=1)
+        b = _inputs(batch, dim, 16, length, torch.bfloat16, time_major=True, device="cuda", seed=2)
+        la = [a[k].detach().requires_grad_(True) for k in keys]
+        lb = [b[k].detach().requires_grad_(True) for k in keys]
+        z = a["z"].detach().requires_grad_(True)
+        g_f, g_b = torch.randn_like(a["u"]), torch.randn_like(b["u"])
+        leaves = la + lb + [z]
+
+        def step():
+            y_f, y_b = selective_scan_bidir_triton(la, lb, z, True)
+            return torch.autograd.grad((y_f, y_b), leaves, (g_f, g_b))
+
+        first = None
+        for cfg in variants:
+            triton_scan._CONFIG_OVERRIDE = _override("bwd", cfg, 2 * batch, dim, 16, length)
+            try:
+                grads = step()
+                first = grads if first is None else first
+                err = max(_rel(g, r) for g, r in zip(grads, first))
+                with torch.no_grad():
+                    fwd_ms = triton.testing.do_bench(lambda: selective_scan_bidir_triton(la, lb, z, True),
+                                                     warmup=10, rep=60, return_mode="median")
+                ms = triton.testing.do_bench(step, warmup=10, rep=60, return_mode="median")
+            except Exception as exc:  # noqa: BLE001 - a variant this Triton or GPU refuses: record it, go on
+                rows.append({"pass_": "bidir fwd+bwd", "batch": batch, "dim": dim, "length": length, "tile": cfg,
+                             "error": repr(exc)[:200]})
+                print(rows[-1], flush=True)
+                continue
+            rows.append({"pass_": "bidir fwd+bwd", "batch": batch, "dim": dim, "length": length, "tile": cfg,
+                         "ms": ms, "bwd_ms": ms - fwd_ms, "gsteps": 2 * batch * dim * 16 * length / ms / 1e6,
+                         "rel_diff": err})
+            print(rows[-1], flush=True)
+        triton_scan._CONFIG_OVERRIDE = None
+        torch.cuda.empty_cache()
+    return rows
+
+
 def profile_model(name, img_size, batch, train):
     import timm
     from torch.profiler import ProfilerActivity, profile
@@ -236,7 +285,7 @@ def main():
     p.add_argument("--profile", action="store_true")
     p.add_argument("--no-sweep", action="store_true")
     p.add_argument("--bwd-only", action="store_true")
-    p.add_argument("--grid", choices=("layouts", "dr", "v4", "bidir", "v5", "v6", "v6b"), default="layouts",
+    p.add_argument("--grid", choices=("layouts", "dr", "v4", "bidir", "v5", "v6", "v6b", "v7"), default="layouts",
                    help="layouts: states over registers/lanes x chunk x warps (DR = 1); dr: the shipped rule "
                         "against one or two chunks in flight and against two channels per thread")
     p.add_argument("--one-fwd", metavar="BATCHxLENGTH",
@@ -289,6 +338,15 @@ def main():
         save()
     if not args.no_sweep and args.grid == "bidir":
         report["sweep"] = sweep_bidir()
+    elif not args.no_sweep and args.grid == "v7":
+        # run 9 (session 6): the backward of both directions in one launch (at 224, batch 128, one direction
+        # fills 1.45 waves of 16 one-warp programs per SM, the pair 2.9: 3 waves where two launches take 4) and
+        # B/C loaded once per chunk (phase B 460 -> 430 SASS a step), against two launches; register budgets
+        # (the rule's 128; ptxas's own choice, ~167; 96 spills); the four-lane tile
+        report["sweep"] = sweep_bidir_backward([
+            "default", {"bidir_bwd": False}, {"maxnreg_bwd": 0}, {"bidir_bwd": False, "maxnreg_bwd": 0},
+            {"maxnreg_bwd": 168}, {"tile": (1, 4, 1, 1, 4, 8, 32)}, {"tile": (1, 4, 1, 1, 4, 8, 32), "maxnreg_bwd": 96},
+            {"tile": (1, 16, 1, 1, 1, 32, 32), "maxnreg_bwd": 0}])
     elif not args.no_sweep and args.grid == "v6b":
         # run 8, second part: with registers to spare, B and C in fp32 (16-byte loads, no widening: 32 fewer
         # instructions a step), in their own buffers and as columns of x_proj's output (Vim's layout); chunks
@@ -363,12 +421,15 @@ def main():
         report["sweep"] = sweep(problems[:2], fwd, bwd) + sweep(problems[2:], fwd, [])
     if "sweep" in report:
         ok = [r for r in report["sweep"] if "ms" in r]
-        print("\n| pass | batch | length | tile | ms | G steps/s | rel. diff to 1st |")
-        print("| --- | --- | --- | --- | --- | --- | --- |")
-        for (pss, b, ln), grp in itertools.groupby(ok, key=lambda r: (r["pass_"], r["batch"], r["length"])):
+        print("\n| pass | batch | dim | length | tile | ms | bwd ms | G steps/s | rel. diff to 1st |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+        key = lambda r: (r["pass_"], r["batch"], r.get("dim", 384), r["length"])  # noqa: E731
+        for (pss, b, d, ln), grp in itertools.groupby(ok, key=key):
             grp = sorted(grp, key=lambda r: r["ms"])
             for r in grp[:8]:  # the best eight of each problem
-                print(f"| {pss} | {b} | {ln} | {r['tile']} | {r['ms']:.3f} | {r['gsteps']:.0f} | {r['rel_diff']:.1e} |")
+                bwd = f"{r['bwd_ms']:.3f}" if "bwd_ms" in r else ""
+                print(f"| {pss} | {b} | {d} | {ln} | {r['tile']} | {r['ms']:.3f} | {bwd} | {r['gsteps']:.0f} "
+                      f"| {r['rel_diff']:.1e} |")
     save()
 
 

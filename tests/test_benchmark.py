@@ -29,6 +29,8 @@ def test_default_cases_cover_the_targets():
     assert not any(c.mode == "graph" for c in benchmark.default_cases(benchmark.MODELS))
     infer = {(c.model, c.img_size, c.batch) for c in cases if c.mode == "infer"}
     assert infer == {(c.model, c.img_size, c.batch) for c in cases if c.mode == "graph"}
+    train = {(c.model, c.img_size, c.batch) for c in cases if c.mode == "train"}
+    assert train and train == {(c.model, c.img_size, c.batch) for c in cases if c.mode == "train-graph"}
     assert not any(c.mode == "train" and "eager" in c.model for c in cases)
     with pytest.raises(ValueError, match="unknown benchmark model"):
         benchmark.default_cases(["resnet50"])

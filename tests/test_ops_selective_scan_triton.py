@@ -416,46 +416,134 @@ def test_out_is_refused_where_it_cannot_serve():
 SCAN_KEYS = ("u", "delta", "A", "B", "C", "D", "delta_bias")
 
 
-def _bidir_compare(batch, dim, state, length, dtype, *, seed=0, device=DEVICE, ref_batch=None):
-    """The one-launch pair against selective_scan_ref run per direction (fwd, then bwd reversed), values and
-    the gradients of all 15 inputs (z is shared: its gradient sums both directions')."""
+def _bidir_grads(la, lb, keys, z, softplus=True, seed=0):
+    """Outputs of the one-launch pair and the gradients of every leaf (the scans' ``keys``, then z) for a fixed
+    random weighting of both outputs."""
     from vimamba.ops.selective_scan.triton_scan import selective_scan_bidir_triton
 
+    y_f, y_b = selective_scan_bidir_triton([la.get(k) for k in SCAN_KEYS], [lb.get(k) for k in SCAN_KEYS], z, softplus)
+    g = torch.Generator().manual_seed(seed + 7)
+    g_f = torch.randn(y_f.shape, generator=g).to(y_f.device)
+    g_b = torch.randn(y_b.shape, generator=g).to(y_b.device)
+    leaves = [la[k] for k in keys] + [lb[k] for k in keys] + ([z] if z is not None else [])
+    got = torch.autograd.grad((y_f.float() * g_f).sum() + (y_b.float() * g_b).sum(), leaves)
+    return (y_f, y_b), (g_f, g_b), got
+
+
+def _bidir_compare(batch, dim, state, length, dtype, *, seed=0, device=DEVICE, ref_batch=None, keys=SCAN_KEYS,
+                   gate=True):
+    """The one-launch pair against selective_scan_ref run per direction (fwd, then bwd reversed), values and
+    the gradients of all inputs (``keys`` of each scan, the optional ones left out when absent, and z when
+    ``gate``; z is shared: its gradient sums both directions')."""
     a = _inputs(batch, dim, state, length, dtype, seed=seed, time_major=True, device=device)
     b = _inputs(batch, dim, state, length, dtype, seed=seed + 1, time_major=True, device=device)
     b["z"] = a["z"]
-    la = {k: a[k].detach().clone().requires_grad_(True) for k in SCAN_KEYS + ("z",)}
-    lb = {k: b[k].detach().clone().requires_grad_(True) for k in SCAN_KEYS}
-    y_f, y_b = selective_scan_bidir_triton([la[k] for k in SCAN_KEYS], [lb[k] for k in SCAN_KEYS], la["z"], True)
-    g_f, g_b = torch.randn_like(y_f), torch.randn_like(y_b)
-    leaves = [la[k] for k in SCAN_KEYS] + [lb[k] for k in SCAN_KEYS] + [la["z"]]
-    got = torch.autograd.grad((y_f.float() * g_f.float()).sum() + (y_b.float() * g_b.float()).sum(), leaves)
+    la = {k: a[k].detach().clone().requires_grad_(True) for k in keys + ("z",)}
+    lb = {k: b[k].detach().clone().requires_grad_(True) for k in keys}
+    z = la["z"] if gate else None
+    (y_f, y_b), (g_f, g_b), got = _bidir_grads(la, lb, keys, z, seed=seed)
 
     n = ref_batch or batch  # the reference on the first n batch elements (its memory grows with the length)
     ra = {k: (v[:n] if v.dim() == 3 else v).detach().float().cpu().requires_grad_(True) for k, v in la.items()}
     rb = {k: (v[:n] if v.dim() == 3 else v).detach().float().cpu().requires_grad_(True) for k, v in lb.items()}
-    kw = dict(delta_softplus=True)
-    r_f = selective_scan_ref(*[ra[k] for k in SCAN_KEYS[:5]], D=ra["D"], z=ra["z"], delta_bias=ra["delta_bias"], **kw)
-    r_b = selective_scan_ref(*[rb[k] for k in SCAN_KEYS[:5]], D=rb["D"], z=ra["z"], delta_bias=rb["delta_bias"],
+    kw = dict(delta_softplus=True, z=ra["z"] if gate else None)
+    r_f = selective_scan_ref(*[ra[k] for k in SCAN_KEYS[:5]], D=ra.get("D"), delta_bias=ra.get("delta_bias"), **kw)
+    r_b = selective_scan_ref(*[rb[k] for k in SCAN_KEYS[:5]], D=rb.get("D"), delta_bias=rb.get("delta_bias"),
                              reverse=True, **kw)
-    r_leaves = [ra[k] for k in SCAN_KEYS] + [rb[k] for k in SCAN_KEYS] + [ra["z"]]
+    r_leaves = [ra[k] for k in keys] + [rb[k] for k in keys] + ([ra["z"]] if gate else [])
     want = torch.autograd.grad((r_f * g_f[:n].float().cpu()).sum() + (r_b * g_b[:n].float().cpu()).sum(), r_leaves)
     _check("y_fwd", y_f[:n].cpu(), r_f, dtype)
     _check("y_bwd", y_b[:n].cpu(), r_b, dtype)
-    names = [f"{k}_fwd" for k in SCAN_KEYS] + [f"{k}_bwd" for k in SCAN_KEYS] + ["z"]
+    names = [f"{k}_fwd" for k in keys] + [f"{k}_bwd" for k in keys] + (["z"] if gate else [])
+    assert len(got) == len(want) == len(names)
     for name, g, w in zip(names, got, want):
         if g.dim() == 3 and ref_batch:
             g = g[:n]
-        elif ref_batch and name.split("_")[0] in ("A", "D") or name.startswith("delta_bias"):
+        elif ref_batch and (name.split("_")[0] in ("A", "D") or name.startswith("delta_bias")):
             continue  # summed over the whole batch: not comparable with a reference on part of it
         _check(name, g.cpu(), w, dtype)
     return (la, lb), (y_f, y_b)
+
+
+@pytest.mark.parametrize("bidir", [False, True], ids=["one-direction", "two-directions"])
+def test_backward_compiles_for_hopper_within_its_registers(bidir, monkeypatch):
+    """The backward at the rule's 224 tile, built for sm_90 with the launcher's register cap: within the cap,
+    and (one direction) nothing on the stack; the two-direction kernel keeps a few pointers there (reloaded
+    once per segment, outside the step loops), so only its size is bounded. Runs where triton is imported
+    before the interpreter is switched on (a GPU machine; see triton_helpers)."""
+    from triton_helpers import compile_for_sm90, sass_resources
+
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    triton_scan._get_kernels()  # the helpers the kernel calls, jitted for compilation (the next call resets them)
+    tile = triton_scan._config("bwd", 384, 16, 197, False, 745.0)
+    T, NR, DR, W, NL, DL, K = tile[:7]
+    consts = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, REVERSE=False, HAS_DLAST=False,
+                  ATOMIC_BC=False, EVEN_D=True, EVEN_N=True, PAD=True, K=K, TA=4, T=T, NR=NR, DR=DR, W=W, NL=NL,
+                  DL=DL, BIDIR=bidir, s_ud=1, s_td=1, s_zd=1, s_Bn=1, s_Cn=1, s_gd=1, s_xd=1, s_pn=1)
+    fp32 = ("A", "D", "bias", "hs", "dlast", "scr", "dA", "dD", "dbias", "dB", "dC")
+    names = triton_scan._scan_bwd_kernel.__code__.co_varnames[:triton_scan._scan_bwd_kernel.__code__.co_argcount]
+    ptrs = [n for n in names if n.endswith("_ptr")]
+    types = {n: "*fp32" if n.startswith(fp32) else "*bf16" for n in ptrs}
+    cap = triton_scan._BWD_REGISTERS
+    cubin = compile_for_sm90(triton_scan._scan_bwd_kernel, types, consts, ptrs, num_warps=W,
+                             options={"maxnreg": cap}, asm="cubin")
+    res = sass_resources(cubin)
+    assert res["REG"] <= cap
+    assert res["STACK"] <= (128 if bidir else 0), res
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=["fp32", "fp16", "bf16"])
 @pytest.mark.parametrize("length", [1, 2, 7, 197])
 def test_bidir_matches_two_scans(length, dtype):
     _bidir_compare(2, 5, 3, length, dtype, seed=length)
+
+
+@pytest.mark.parametrize("cfg", [
+    dict(fwd=(2, 4, 1, 1, 4, 2), bwd=(2, 4, 1, 1, 4, 2, 4, 4)),
+    dict(fwd=(4, 8, 1, 1, 2, 4), bwd=(2, 8, 2, 1, 2, 1, 4, 8), atomic_bc=True),
+    dict(fwd=(1, 16, 1, 1, 1, 4), bwd=(1, 16, 1, 1, 1, 4, 6, 2)),
+], ids=["two-step-chunks", "atomics", "segments-not-dividing"])
+def test_bidir_tile_shapes(cfg, monkeypatch):
+    """The two-direction backward at other tiles: chunks of several steps (the reverse scan's programs read
+    each chunk's rows in reverse time order), phase-A chunks longer than a chunk, dB/dC by atomics into the
+    stacked buffers, a length no segment divides."""
+    monkeypatch.setattr(triton_scan, "_CONFIG_OVERRIDE", cfg)
+    _bidir_compare(2, 13, 16, 13, torch.float32, seed=3)
+
+
+@pytest.mark.parametrize("keys, gate", [(SCAN_KEYS[:5], True), (SCAN_KEYS, False), (SCAN_KEYS[:5], False)],
+                         ids=["no-D-no-bias", "no-gate", "bare"])
+def test_bidir_optional_inputs(keys, gate):
+    _bidir_compare(2, 6, 4, 37, torch.float32, seed=11, keys=keys, gate=gate)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_bidir_backward_one_launch_equals_two(dtype, monkeypatch):
+    """Both directions' backward in one launch is the two single-direction launches' arithmetic, program for
+    program: the gradients agree bit for bit."""
+    a = _inputs(2, 7, 16, 41, dtype, seed=2, time_major=True)
+    b = _inputs(2, 7, 16, 41, dtype, seed=3, time_major=True)
+
+    def grads():
+        la = {k: a[k].detach().clone().requires_grad_(True) for k in SCAN_KEYS + ("z",)}
+        lb = {k: b[k].detach().clone().requires_grad_(True) for k in SCAN_KEYS}
+        return _bidir_grads(la, lb, SCAN_KEYS, la["z"], seed=2)[2]
+
+    # one backward tile for both runs (the GPU rule counts both directions' rows when it picks the pair's)
+    tile = {"bwd": (1, 8, 1, 1, 2, 16, 32)}
+    monkeypatch.setattr(triton_scan, "_CONFIG_OVERRIDE", tile)
+    calls = []
+    for name in ("_bidir_bwd_op", "_scan_bwd_op"):
+        op = getattr(triton_scan, name)
+        monkeypatch.setattr(triton_scan, name, lambda *args, _op=op, _name=name: calls.append(_name) or _op(*args))
+    one = grads()
+    assert calls == ["_bidir_bwd_op"]
+    monkeypatch.setattr(triton_scan, "_CONFIG_OVERRIDE", dict(tile, bidir_bwd=False))
+    two = grads()
+    assert calls == ["_bidir_bwd_op", "_scan_bwd_op", "_scan_bwd_op"]
+    for g1, g2 in zip(one, two):
+        assert g1.dtype == g2.dtype and g1.shape == g2.shape
+        assert torch.equal(g1, g2)
 
 
 def test_bidir_out_in_place_and_no_grad_equal():
@@ -494,3 +582,12 @@ def test_bidir_refuses_mismatched_pairs():
 def test_bidir_full_size_gpu(dtype):
     """Vim-Ti at 1248x1248, both directions in one launch (batch 64, 384 channels, 16 states, 6085 steps)."""
     _bidir_compare(64, 384, 16, 6085, dtype, seed=9, ref_batch=4)
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("dim", [384, 768], ids=["vim-ti", "vim-s"])
+def test_bidir_training_size_gpu(dim):
+    """The training target's size, forward and both directions' backward each in one launch: Vim-Ti and Vim-S
+    at 224x224 (197 steps), batch 128, bf16."""
+    _bidir_compare(128, dim, 16, 197, torch.bfloat16, seed=10, ref_batch=16)

@@ -35,9 +35,10 @@ def rel_err(got: torch.Tensor, expected: torch.Tensor) -> float:
     return ((got - expected).abs().max() / expected.abs().max().clamp_min(1e-12)).item()
 
 
-def compile_for_sm90(fn, types, constexprs, aligned, num_warps=4):
-    """PTX of ``fn`` for sm_90 with the given argument types (default i32), constexprs, and the arguments
-    the launcher would mark 16-divisible (aligned pointers, strides and sizes that are multiples of 16)."""
+def compile_for_sm90(fn, types, constexprs, aligned, num_warps=4, options=None, asm="ptx"):
+    """PTX (or, ``asm="cubin"``, the binary) of ``fn`` for sm_90 with the given argument types (default i32),
+    constexprs, the arguments the launcher would mark 16-divisible (aligned pointers, strides and sizes that
+    are multiples of 16), and further compile ``options`` (e.g. maxnreg)."""
     try:
         import triton
         from triton.backends.compiler import GPUTarget
@@ -58,4 +59,22 @@ def compile_for_sm90(fn, types, constexprs, aligned, num_warps=4):
         target = GPUTarget("cuda", 90, 32)
     except TypeError as exc:  # pragma: no cover
         pytest.skip(f"Triton's compiler entry points changed: {exc}")
-    return triton.compile(source, target=target, options={"num_warps": num_warps}).asm["ptx"]
+    return triton.compile(source, target=target, options={"num_warps": num_warps, **(options or {})}).asm[asm]
+
+
+def sass_resources(cubin: bytes) -> dict:
+    """Registers and stack bytes per thread of a compiled kernel, read by the cuobjdump that Triton ships."""
+    import re
+    import subprocess
+    import tempfile
+
+    import triton
+
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    if not os.path.exists(tool):
+        pytest.skip(f"no cuobjdump beside Triton ({tool})")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        out = subprocess.run([tool, "-res-usage", f.name], capture_output=True, text=True, check=True).stdout
+    return {k: int(re.search(rf"{k}:(\d+)", out).group(1)) for k in ("REG", "STACK")}

@@ -6,8 +6,10 @@ DeiT with fused (SDPA) and eager attention. Results are ratios against DeiT with
 comparison the paper's speed claim has to survive.
 
 With ``graph=True`` the inference cases are also measured as replays of a CUDA graph of one forward (mode
-``graph``), for every model alike: at small images Vim's ~35 kernel launches per block make an eager forward
-bound by the host (Python and launches) rather than the GPU, and a graph shows what the GPU itself needs.
+``graph``), and the training cases as replays of a graph of the whole step (mode ``train-graph``: forward,
+backward and a capturable fused AdamW update, bf16 only), for every model alike: at small images Vim's ~35
+kernel launches per block make an eager step bound by the host (Python and launches) rather than the GPU, and
+a graph shows what the GPU itself needs.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ MODELS = {
 @dataclass
 class BenchCase:
     model: str
-    mode: str  # "infer", "graph" (inference replayed from a CUDA graph) or "train"
+    mode: str  # "infer", "graph" (inference replayed from a CUDA graph), "train" or "train-graph"
     img_size: int
     batch: int
 
@@ -77,6 +79,8 @@ def default_cases(models: Iterable[str], sizes: Iterable[int] | None = None, tra
             cases += [BenchCase(name, "graph", s, b) for s, b in grid if sizes is None or s in sizes]
         if train and "eager" not in name:
             cases += [BenchCase(name, "train", s, b) for s, b in TRAIN]
+            if graph:
+                cases += [BenchCase(name, "train-graph", s, b) for s, b in TRAIN]
     # The target comparisons first, every model of a size together, so a cut-off run still has its ratios.
     targets = {(mode, size, batch) for _, _, _, mode, size, batch, _, _ in TARGETS}
     order = {name: i for i, name in enumerate(MODELS)}
@@ -127,6 +131,37 @@ def _graph_of(forward: Callable[[], object], autocast) -> Callable[[], None]:
     return graph.replay
 
 
+def _train_graph_of(model: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor,
+                    dtype: torch.dtype) -> Callable[[], None]:
+    """A CUDA graph of one whole training step (forward, backward, fused AdamW update), captured the way
+    PyTorch's CUDA-graph notes capture a whole network: warm-up steps on a side stream, gradients set to None
+    before the capture so the graph allocates them, a capturable optimizer, autocast without its weight-cast
+    cache (the casts are recorded in the graph). Returned as its replay."""
+    if dtype != torch.bfloat16:
+        raise ValueError(f"graph-captured training steps are timed in bf16 only, not {dtype}: fp16 needs a "
+                         "GradScaler, whose inf check waits on the host")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True, capturable=True)
+
+    def step():
+        with torch.autocast("cuda", dtype=dtype, cache_enabled=False):
+            loss = torch.nn.functional.cross_entropy(model(images), targets)
+        loss.backward()
+        optimizer.step()
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):  # compile and autotune the kernels, create the optimizer's state, outside the capture
+            optimizer.zero_grad(set_to_none=True)
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    optimizer.zero_grad(set_to_none=True)
+    with torch.cuda.graph(graph):
+        step()
+    return graph.replay
+
+
 def run_case(case: BenchCase, dtype: torch.dtype, device: torch.device, min_ms: float = 300.0) -> BenchResult:
     result = BenchResult(case.model, case.mode, case.img_size, case.batch)
     model = None
@@ -144,7 +179,11 @@ def run_case(case: BenchCase, dtype: torch.dtype, device: torch.device, min_ms: 
         elif case.mode == "graph":
             model.eval()
             step = _graph_of(lambda: model(images), autocast)
-        else:
+        elif case.mode == "train-graph":
+            model.train()
+            targets = torch.randint(0, 1000, (case.batch,), device=device)
+            step = _train_graph_of(model, images, targets, dtype)
+        elif case.mode == "train":
             model.train()
             targets = torch.randint(0, 1000, (case.batch,), device=device)
             optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
@@ -157,6 +196,8 @@ def run_case(case: BenchCase, dtype: torch.dtype, device: torch.device, min_ms: 
                 scaler.step(optimizer)
                 scaler.update()
                 optimizer.zero_grad(set_to_none=True)
+        else:
+            raise ValueError(f"unknown benchmark mode {case.mode!r}: infer, graph, train or train-graph")
 
         step()  # first call: kernel compilation and autotuning, not timed
         torch.cuda.synchronize()
@@ -235,6 +276,7 @@ TARGETS = [
     ("Vim-Ti inference 224, batch 128, graphs", "vim_tiny", "deit_tiny_sdpa", "graph", 224, 128, 1.0, None),
     ("Vim-Ti inference 1248, batch 64, graphs", "vim_tiny", "deit_tiny_sdpa", "graph", 1248, 64, 1.7, 1.0),
     ("Vim-S inference 1248, batch 32, graphs", "vim_small", "deit_small_sdpa", "graph", 1248, 32, 1.5, None),
+    ("Vim-Ti training step 224, batch 128, graphs", "vim_tiny", "deit_tiny_sdpa", "train-graph", 224, 128, 0.8, None),
 ]
 
 

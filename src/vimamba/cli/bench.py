@@ -28,8 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="only these inference sizes (default: 224 512 738 1024 1248)")
     parser.add_argument("--no-train", action="store_true", help="skip the training-step measurements")
     parser.add_argument("--cuda-graph", action="store_true",
-                        help="also time every inference case as the replay of a CUDA graph (mode 'graph', all models "
-                             "alike): the GPU's own time, without Python and launch overhead")
+                        help="also time every inference case as the replay of a CUDA graph (mode 'graph'), and every "
+                             "training step as the replay of a graph of the whole step (mode 'train-graph', bf16), all "
+                             "models alike: the GPU's own time, without Python and launch overhead")
     parser.add_argument("--dtype", choices=list(DTYPES), default="bf16", help="autocast dtype (default: bf16)")
     parser.add_argument("--output", type=Path, default=Path("benchmarks/results"),
                         help="folder for bench.json and bench.png (default: benchmarks/results)")

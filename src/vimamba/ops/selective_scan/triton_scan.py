@@ -28,7 +28,8 @@ of u, delta, z, B, C are written time-major and returned as (batch, dim, length)
 views of (batch, length, dim) / (batch, length, state) buffers (``.contiguous()`` if a caller needs it).
 
 ``selective_scan_bidir_triton(fwd, bwd, z, delta_softplus)`` runs Vim's two scans (the second from the last step to
-the first) in one launch: the scan is latency-bound, so twice the rows per SM cost ~1.3x one scan, not 2x.
+the first) in one launch, and their backward in one launch too: the scan is latency-bound, so twice the rows per
+SM cost ~1.3x one scan, not 2x (forward, measured), and the backward's waves pack tighter (NOTES_triton.md, run 9).
 
 Forward kernel: walks time one chunk of T steps at a time (T = 1 by default: a longer unrolled chunk made
 the loop body overflow the instruction cache on the H100, see NOTES_triton.md); the per-channel inputs of the
@@ -43,7 +44,7 @@ batch x dim x state x length/32 fp32, i.e. 2 bytes per (channel, step)), and onl
 The backward walks the segments in reverse scan order. Phase A reruns the recurrence through the segment
 from its saved state and keeps the state entering each chunk of T steps in a small per-program scratch
 buffer (written and read back by the same thread). Phase B walks the segment's chunks backwards: it
-recomputes the chunk's states from the scratch, then runs the adjoint recurrence step by step,
+recomputes the chunk's states from the scratch (read a chunk ahead), then runs the adjoint recurrence step by step,
 lambda[t] = C[t] gy[t] + mu, mu = a[t] lambda[t] (mu carries a[t+1] lambda[t+1] to step t), with
 gy = dout * silu(z). Using a[t] h[t-1] = h[t] - b[t], no earlier state is needed::
 
@@ -393,7 +394,8 @@ def _scan_fwd_kernel(
 def _scan_bwd_kernel(
     u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, g_ptr, hs_ptr, dlast_ptr, scr_ptr,
     du_ptr, ddt_ptr, dz_ptr, dA_ptr, dD_ptr, dbias_ptr, dB_ptr, dC_ptr,
-    dim, nstate, L, n_seg, never,
+    u_r_ptr, dt_r_ptr, A_r_ptr, B_r_ptr, C_r_ptr, D_r_ptr, bias_r_ptr, g_r_ptr, hs_r_ptr, du_r_ptr, ddt_r_ptr,
+    dim, nstate, L, n_seg, never, off_x, off_p,
     s_ub, s_ud, s_ul,
     s_tb, s_td, s_tl,
     s_zb, s_zd, s_zl,
@@ -406,15 +408,51 @@ def _scan_bwd_kernel(
     REVERSE: tl.constexpr, HAS_DLAST: tl.constexpr, ATOMIC_BC: tl.constexpr,
     EVEN_D: tl.constexpr, EVEN_N: tl.constexpr, PAD: tl.constexpr, K: tl.constexpr, TA: tl.constexpr,
     T: tl.constexpr, NR: tl.constexpr, DR: tl.constexpr, W: tl.constexpr, NL: tl.constexpr, DL: tl.constexpr,
+    BIDIR: tl.constexpr,
 ):
     pid_d = tl.program_id(0)
     pid_b = tl.program_id(1).to(tl.int64)
+    # tile: the per-program scratch's size, in fp32 elements per chunk
+    tile = NR * DR * W * NL * DL
+    if BIDIR:
+        # Both directions of Vim's mixer in one launch (grid axis 2), as in the forward: the second reads its
+        # own inputs (the _r pointers, same strides) and runs as a reverse scan. Its dz, dA, dD, dbias, dB and
+        # dC partials go to the second half of buffers stacked over the direction (off_x: dz's, off_p: dB's
+        # and dC's direction stride), its scratch after the first direction's.
+        rev = tl.program_id(2)
+        if rev == 1:
+            u_ptr = u_r_ptr
+            dt_ptr = dt_r_ptr
+            A_ptr = A_r_ptr
+            B_ptr = B_r_ptr
+            C_ptr = C_r_ptr
+            D_ptr = D_r_ptr
+            bias_ptr = bias_r_ptr
+            g_ptr = g_r_ptr
+            hs_ptr = hs_r_ptr
+            du_ptr = du_r_ptr
+            ddt_ptr = ddt_r_ptr
+            n_batch = tl.num_programs(1).to(tl.int64)
+            dz_ptr += off_x
+            dB_ptr += off_p
+            dC_ptr += off_p
+            dA_ptr += n_batch * dim * nstate
+            dD_ptr += n_batch * dim
+            dbias_ptr += n_batch * dim
+            scr_ptr += n_batch * tl.num_programs(0) * (K * tile)
+    else:
+        rev = REVERSE
+    sgn = 1 - 2 * rev  # +1: the scan runs forward in time, -1: backward
     it = tl.arange(0, T)[:, None, None, None, None, None]
     inr = tl.arange(0, NR)[None, :, None, None, None, None]
     idr = tl.arange(0, DR)[None, None, :, None, None, None]
     iw = tl.arange(0, W)[None, None, None, :, None, None]
     inl = tl.arange(0, NL)[None, None, None, None, :, None]
     idl = tl.arange(0, DL)[None, None, None, None, None, :]
+    # Row i of a chunk's tile is its i-th step in scan order; it_t is that step's time offset in the chunk
+    # (reversed for a reverse scan, which BIDIR decides at run time), so the unrolled loops below pick rows by
+    # compile-time index in either direction.
+    it_t = it + rev * (T - 1 - 2 * it)
     n_s = inl * NR + (NR - 1 - inr)                                                   # [1,NR,1,1,NL,1]
     d_s = pid_d * (DR * W * DL) + (DR * W * DL - 1) - ((idr * W + iw) * DL + idl)    # [1,1,DR,W,1,DL]
     d_x = d_s + inl * 0                                                               # [1,1,DR,W,NL,DL]
@@ -448,7 +486,7 @@ def _scan_bwd_kernel(
     C_b = C_ptr + pid_b * s_Cb + n_x * s_Cn
     hs_b = hs_ptr + pid_b * n_seg * dim * nstate + dn
     # per-program scratch: the state entering each of the K chunks of the current segment
-    scr_b = scr_ptr + ((pid_b * tl.num_programs(0) + pid_d) * K * (NR * DR * W * NL * DL)
+    scr_b = scr_ptr + ((pid_b * tl.num_programs(0) + pid_d) * (K * tile)
                        + (((inr * DR + idr) * W + iw) * NL + inl) * DL + (DL - 1 - idl))
     # dB, dC: sums over this program's channels; one row per channel block and warp (W), or atomics
     # (at full tile width: lanes sharing a value write it to the same address, one transaction, and the
@@ -476,16 +514,13 @@ def _scan_bwd_kernel(
     lane_n = (idl // (T * K)) % nstate
     touch = tl.full([1, 1, 1, 1, 1, DL], 0.0, tl.float32)
     ita = tl.arange(0, TA)[:, None, None, None, None, None]
+    ita_t = ita + rev * (TA - 1 - 2 * ita)
     KA = (T * K) // TA
 
     for si in range(0, n_seg):
         # segments in the opposite order to the forward scan
-        if REVERSE:
-            seg = si
-            seg_nx = si + 1
-        else:
-            seg = n_seg - 1 - si
-            seg_nx = seg - 1
+        seg = rev * si + (1 - rev) * (n_seg - 1 - si)
+        seg_nx = seg - sgn
         tn = tl.minimum(tl.maximum(seg_nx * (T * K) + lane_t, 0), L - 1)
         touch += tl.load(B_ptr + pid_b * s_Bb + tn * s_Bl + lane_n * s_Bn).to(tl.float32)
         touch += tl.load(C_ptr + pid_b * s_Cb + tn * s_Cl + lane_n * s_Cn).to(tl.float32)
@@ -494,22 +529,16 @@ def _scan_bwd_kernel(
         # TA steps loaded one chunk ahead, and keep the state entering each chunk of T steps (scratch: the
         # thread that writes a value reads it back, no barrier needed)
         h = tl.load(hs_b + seg * dim * nstate, mask=m_dn, other=0.0)
-        if REVERSE:
-            ka = KA - 1
-        else:
-            ka = 0
-        tt = tl.minimum(seg * (T * K) + ka * TA + ita, L - 1)
+        ka = rev * (KA - 1)
+        tt = tl.minimum(seg * (T * K) + ka * TA + ita_t, L - 1)
         uA_n = tl.load(u_b + tt * s_ul, mask=m_d, other=0.0)
         dA_n = tl.load(t_b + tt * s_tl, mask=m_d, other=0.0)
         for _ka in range(0, KA):
             t0 = seg * (T * K) + ka * TA
             u = uA_n.to(tl.float32)
             dt = dA_n.to(tl.float32)
-            if REVERSE:
-                ka_nx = ka - 1
-            else:
-                ka_nx = ka + 1
-            tt = tl.minimum(tl.maximum(seg * (T * K) + ka_nx * TA + ita, 0), L - 1)
+            ka_nx = ka + sgn
+            tt = tl.minimum(tl.maximum(seg * (T * K) + ka_nx * TA + ita_t, 0), L - 1)
             uA_n = tl.load(u_b + tt * s_ul, mask=m_d, other=0.0)
             dA_n = tl.load(t_b + tt * s_tl, mask=m_d, other=0.0)
             if HAS_BIAS:
@@ -517,58 +546,54 @@ def _scan_bwd_kernel(
             if SOFTPLUS:
                 dt = _softplus(dt)
             if PAD:
-                dt = tl.where((t0 + ita) < L, dt, 0.0)
+                dt = tl.where((t0 + ita_t) < L, dt, 0.0)
             du = dt * u
-            for jj in tl.static_range(TA):
-                if REVERSE:
-                    j = TA - 1 - jj
-                else:
-                    j = jj
-                if REVERSE:
-                    at_entry = (j % T) == T - 1
-                else:
-                    at_entry = (j % T) == 0
-                if at_entry:
-                    tl.store(scr_b + (ka * (TA // T) + j // T) * (NR * DR * W * NL * DL), h)
-                B_j = tl.load(B_b + tl.minimum(t0 + j, L - 1) * s_Bl, mask=m_n, other=0.0).to(tl.float32)
+            for j in tl.static_range(TA):  # j: scan order; e_j: time offset in the chunk
+                e_j = j + rev * (TA - 1 - 2 * j)
+                if j % T == 0:  # the first step of a chunk of T in scan order: keep the state entering it
+                    tl.store(scr_b + (ka * (TA // T) + e_j // T) * tile, h)
+                B_j = tl.load(B_b + tl.minimum(t0 + e_j, L - 1) * s_Bl, mask=m_n, other=0.0).to(tl.float32)
                 dt_j = tl.reduce(tl.where(ita == j, dt, -0.0), 0, _sum_comb, keep_dims=True)
                 du_j = tl.reduce(tl.where(ita == j, du, -0.0), 0, _sum_comb, keep_dims=True)
                 h = tl.exp2(dt_j * A2) * h + du_j * B_j
             ka = ka_nx
 
         # Phase B: the chunks of T steps of the segment in reverse scan order, tiles loaded one chunk ahead
-        if REVERSE:
-            k = 0
-        else:
-            k = K - 1
-        tt = tl.minimum(seg * (T * K) + k * T + it, L - 1)
+        k = (1 - rev) * (K - 1)
+        tt = tl.minimum(seg * (T * K) + k * T + it_t, L - 1)
         u_n = tl.load(u_b + tt * s_ul, mask=m_d, other=0.0)
         dt_n = tl.load(t_b + tt * s_tl, mask=m_d, other=0.0)
         g_n = tl.load(g_b + tt * s_gl, mask=m_d, other=0.0)
         if HAS_Z:
             z_n = tl.load(z_b + tt * s_zl, mask=m_d, other=0.0)
+        h_n = tl.load(scr_b + k * tile)
         for _kk in range(0, K):
             t0 = seg * (T * K) + k * T
             if PAD:
-                m_t = (t0 + it) < L
+                m_t = (t0 + it_t) < L
             else:
                 m_t = it >= 0
+            # the chunk's B and C rows, each loaded once for both loops below
+            tb = tl.minimum(t0 + it_t, L - 1)
+            B_c = tl.load(B_b + tb * s_Bl, mask=m_n, other=0.0).to(tl.float32)
+            C_c = tl.load(C_b + tb * s_Cl, mask=m_n, other=0.0).to(tl.float32)
             u = u_n.to(tl.float32)
             dt_raw = dt_n.to(tl.float32)
             g = g_n.to(tl.float32)
             if HAS_Z:
                 zz = z_n.to(tl.float32)
-            if REVERSE:
-                k_nx = k + 1
-            else:
-                k_nx = k - 1
-            tt = tl.minimum(tl.maximum(seg * (T * K) + k_nx * T + it, 0), L - 1)
+            k_nx = k - sgn
+            tt = tl.minimum(tl.maximum(seg * (T * K) + k_nx * T + it_t, 0), L - 1)
             u_n = tl.load(u_b + tt * s_ul, mask=m_d, other=0.0)
             dt_n = tl.load(t_b + tt * s_tl, mask=m_d, other=0.0)
             g_n = tl.load(g_b + tt * s_gl, mask=m_d, other=0.0)
             if HAS_Z:
                 z_n = tl.load(z_b + tt * s_zl, mask=m_d, other=0.0)
-            h = tl.load(scr_b + k * (NR * DR * W * NL * DL))
+            # the state entering the chunk, read a chunk ahead too: the scratch outgrows L1 (K x 1 KB a warp at
+            # the 224 tile), and this read starts each chunk's chain (the last chunk's read is of a valid slot,
+            # unused)
+            h = h_n
+            h_n = tl.load(scr_b + tl.minimum(tl.maximum(k_nx, 0), K - 1) * tile)
             if PAD:
                 g = tl.where(m_t, g, 0.0)
             if HAS_BIAS:
@@ -589,13 +614,9 @@ def _scan_bwd_kernel(
 
             # forward through the chunk: states (kept as hb = a[t] h[t-1] = h[t] - b[t]), dC, and dz
             hb = tl.full([T, NR, DR, W, NL, DL], 0.0, tl.float32)
-            for jj in tl.static_range(T):
-                if REVERSE:
-                    j = T - 1 - jj
-                else:
-                    j = jj
-                tj = tl.minimum(t0 + j, L - 1)
-                B_j = tl.load(B_b + tj * s_Bl, mask=m_n, other=0.0).to(tl.float32)
+            for j in tl.static_range(T):  # j: scan order; e_j: time offset in the chunk
+                e_j = j + rev * (T - 1 - 2 * j)
+                B_j = tl.reduce(tl.where(it == j, B_c, -0.0), 0, _sum_comb, keep_dims=True)
                 a_j = tl.reduce(tl.where(it == j, a, -0.0), 0, _sum_comb, keep_dims=True)
                 du_j = tl.reduce(tl.where(it == j, du_, -0.0), 0, _sum_comb, keep_dims=True)
                 gy_j = tl.reduce(tl.where(it == j, gy, -0.0), 0, _sum_comb, keep_dims=True)
@@ -604,13 +625,13 @@ def _scan_bwd_kernel(
                 hb = tl.where(it == j, hb_j, hb)
                 dC_j = tl.reduce(gy_j * h, 2, _sum_comb, keep_dims=True)
                 dC_j = tl.reduce(dC_j, 5, _sum_comb, keep_dims=True) + zero_dl
-                m_bc = m_nb & ((t0 + j) < L)
+                m_bc = m_nb & ((t0 + e_j) < L)
                 if ATOMIC_BC:
-                    tl.atomic_add(dC_ptr + (t0 + j) * s_pl + p_b, dC_j, mask=m_bc)
+                    tl.atomic_add(dC_ptr + (t0 + e_j) * s_pl + p_b, dC_j, mask=m_bc)
                 else:
-                    tl.store(dC_ptr + (t0 + j) * s_pl + p_b, dC_j, mask=m_bc)
+                    tl.store(dC_ptr + (t0 + e_j) * s_pl + p_b, dC_j, mask=m_bc)
                 if HAS_Z:
-                    C_j = tl.load(C_b + tj * s_Cl, mask=m_n, other=0.0).to(tl.float32)
+                    C_j = tl.reduce(tl.where(it == j, C_c, -0.0), 0, _sum_comb, keep_dims=True)
                     y0_j = tl.reduce(tl.reduce(C_j * h, 1, _sum_comb, keep_dims=True), 4, _sum_comb, keep_dims=True)
                     u_j = tl.reduce(tl.where(it == j, u, -0.0), 0, _sum_comb, keep_dims=True)
                     z_j = tl.reduce(tl.where(it == j, zz, -0.0), 0, _sum_comb, keep_dims=True)
@@ -619,19 +640,16 @@ def _scan_bwd_kernel(
                     if HAS_D:
                         y0_j = y0_j + Dv * u_j
                     dz_j = g_j * y0_j * s_j * (1.0 + z_j * (1.0 - s_j))
-                    tl.store(dz_ptr + x_b + (t0 + j) * s_xl, dz_j.to(dz_ptr.dtype.element_ty),
-                             mask=m_d & ((t0 + j) < L))
+                    tl.store(dz_ptr + x_b + (t0 + e_j) * s_xl, dz_j.to(dz_ptr.dtype.element_ty),
+                             mask=m_d & ((t0 + e_j) < L))
 
             # adjoint, backwards in scan order: lambda[t] = C[t] gy[t] + mu, then mu = a[t] lambda[t] is what
             # step t passes on to the step before it
             for jj in tl.static_range(T):
-                if REVERSE:
-                    j = jj
-                else:
-                    j = T - 1 - jj
-                tj = tl.minimum(t0 + j, L - 1)
-                B_j = tl.load(B_b + tj * s_Bl, mask=m_n, other=0.0).to(tl.float32)
-                C_j = tl.load(C_b + tj * s_Cl, mask=m_n, other=0.0).to(tl.float32)
+                j = T - 1 - jj  # scan order
+                e_j = j + rev * (T - 1 - 2 * j)
+                B_j = tl.reduce(tl.where(it == j, B_c, -0.0), 0, _sum_comb, keep_dims=True)
+                C_j = tl.reduce(tl.where(it == j, C_c, -0.0), 0, _sum_comb, keep_dims=True)
                 a_j = tl.reduce(tl.where(it == j, a, -0.0), 0, _sum_comb, keep_dims=True)
                 hb_j = tl.reduce(tl.where(it == j, hb, -0.0), 0, _sum_comb, keep_dims=True)
                 u_j = tl.reduce(tl.where(it == j, u, -0.0), 0, _sum_comb, keep_dims=True)
@@ -646,11 +664,11 @@ def _scan_bwd_kernel(
                 dB_j = tl.reduce(dB_j, 5, _sum_comb, keep_dims=True) + zero_dl
                 lb = tl.reduce(tl.reduce(lam * B_j, 1, _sum_comb, keep_dims=True), 4, _sum_comb, keep_dims=True)
                 aq = tl.reduce(tl.reduce(q * A, 1, _sum_comb, keep_dims=True), 4, _sum_comb, keep_dims=True)
-                m_bc = m_nb & ((t0 + j) < L)
+                m_bc = m_nb & ((t0 + e_j) < L)
                 if ATOMIC_BC:
-                    tl.atomic_add(dB_ptr + (t0 + j) * s_pl + p_b, dB_j, mask=m_bc)
+                    tl.atomic_add(dB_ptr + (t0 + e_j) * s_pl + p_b, dB_j, mask=m_bc)
                 else:
-                    tl.store(dB_ptr + (t0 + j) * s_pl + p_b, dB_j, mask=m_bc)
+                    tl.store(dB_ptr + (t0 + e_j) * s_pl + p_b, dB_j, mask=m_bc)
                 ddt_j = u_j * lb + aq
                 du_o = dt_j * lb
                 if HAS_D:
@@ -659,13 +677,13 @@ def _scan_bwd_kernel(
                 if SOFTPLUS:
                     r_j = tl.reduce(tl.where(it == j, dt_raw, -0.0), 0, _sum_comb, keep_dims=True)
                     ddt_j = ddt_j / (1.0 + tl.exp2(-r_j * 1.4426950408889634))
-                m_j = m_d & ((t0 + j) < L)
+                m_j = m_d & ((t0 + e_j) < L)
                 if PAD:
                     ddt_j = tl.where(m_j, ddt_j, 0.0)
                 if HAS_BIAS:
                     dbias_acc += ddt_j
-                tl.store(du_ptr + x_b + (t0 + j) * s_xl, du_o.to(du_ptr.dtype.element_ty), mask=m_j)
-                tl.store(ddt_ptr + x_b + (t0 + j) * s_xl, ddt_j.to(ddt_ptr.dtype.element_ty), mask=m_j)
+                tl.store(du_ptr + x_b + (t0 + e_j) * s_xl, du_o.to(du_ptr.dtype.element_ty), mask=m_j)
+                tl.store(ddt_ptr + x_b + (t0 + e_j) * s_xl, ddt_j.to(ddt_ptr.dtype.element_ty), mask=m_j)
             k = k_nx
 
     tl.store(dA_ptr + pid_b * dim * nstate + dn, dA_acc, mask=m_dn)
@@ -692,9 +710,13 @@ _HELPERS: dict = {}
 _STRIDE_ARGS = ("s_ub s_ul s_tb s_tl s_zb s_zl s_Bb s_Bl s_Cb s_Cl s_ob s_ol s_gb s_gl s_xb s_xl s_pp s_pb s_pl "
                 "never").split()
 
+# The backward's register cap (see _launch_bwd)
+_BWD_REGISTERS = 128
+
 # Tile shapes (T, NR, DR, W, NL, DL); num_warps = W. Benchmarks and tests may set
 # _CONFIG_OVERRIDE = {"fwd": (...), "bwd": (...), "atomic_bc": bool} to force a choice; "maxnreg" /
-# "maxnreg_bwd" (an int, 0 = no option) replace the forward's register rule / set one for the backward.
+# "maxnreg_bwd" (an int, 0 = no option) replace the forward's register rule / the backward's 128; "bidir_bwd": False
+# runs the two directions' backward as two launches.
 _CONFIG_OVERRIDE: Optional[dict] = None
 
 
@@ -824,14 +846,8 @@ def _launch_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, want_las
     zz = z if z is not None else u
     aa = add if add is not None else u
     if second is not None:
-        for name, x, y in (("u", u, second[0]), ("delta", delta, second[1]), ("B", B, second[3]),
-                           ("C", C, second[4]), ("out", out, out_second)):
-            if x.shape != y.shape or x.stride() != y.stride() or x.dtype != y.dtype:
-                raise ValueError(f"the two scans' {name} differ in shape, strides or dtype: "
-                                 f"{tuple(x.shape)}/{x.stride()}/{x.dtype} and {tuple(y.shape)}/{y.stride()}/{y.dtype}")
-        for name, x, y in (("D", D, second[5]), ("delta_bias", delta_bias, second[6])):
-            if (x is None) != (y is None):
-                raise ValueError(f"{name} must be given for both scans or for neither")
+        _check_pair((u, delta, B, C, out, D, delta_bias), (*second[:2], *second[3:5], out_second, *second[5:7]),
+                    ("u", "delta", "B", "C", "out", "D", "delta_bias"))
         u_r, delta_r, A_r, B_r, C_r, D_r, bias_r = second
         out_r = out_second
     else:
@@ -872,11 +888,39 @@ def _launch_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, want_las
     return out, last, hs[0], seg
 
 
-def _launch_bwd(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, hs, chunk, dout, dlast):
+def _check_pair(first, second, names):
+    """The two scans of a two-direction launch share strides and dtypes (one set of strides reaches both)."""
+    for name, x, y in zip(names, first, second):
+        if name in ("D", "delta_bias"):
+            if (x is None) != (y is None):
+                raise ValueError(f"{name} must be given for both scans or for neither")
+        elif x.shape != y.shape or x.stride() != y.stride() or x.dtype != y.dtype:
+            raise ValueError(f"the two scans' {name} differ in shape, strides or dtype: "
+                             f"{tuple(x.shape)}/{x.stride()}/{x.dtype} and {tuple(y.shape)}/{y.stride()}/{y.dtype}")
+
+
+def _launch_bwd(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, hs, chunk, dout, dlast, second=None):
+    """One backward launch. Returns (du, ddelta, dA, dB, dC, dD, dz, dbias), dz of u's layout and the
+    optional ones None when their input is None.
+
+    ``second``: (u, delta, A, B, C, D, delta_bias, hs, dout) of the reverse scan that ran in the same forward
+    launch over the same z (Vim's backward branch; ``reverse`` and ``dlast`` then do not apply). Both
+    directions run in this one launch; the result is then (du, ddelta, du_r, ddelta_r, dA, dB, dC, dD, dbias,
+    dz) where dA ... dbias hold both directions' gradients stacked on a leading axis of 2 and dz is their sum
+    (z is shared)."""
     batch, dim, length = u.shape
     nstate = A.shape[1]
     _, bwd, interp = _get_kernels()
-    cfg = _config("bwd", dim, nstate, length, interp, batch * dim / num_sms(u.device))
+    n_dir = 2 if second is not None else 1
+    if second is not None:
+        u_r, delta_r, A_r, B_r, C_r, D_r, bias_r, hs_r, dout_r = second
+        _check_pair((u, delta, B, C, dout, hs, D, delta_bias), (u_r, delta_r, B_r, C_r, dout_r, hs_r, D_r, bias_r),
+                    ("u", "delta", "B", "C", "dout", "hs", "D", "delta_bias"))
+        if dlast is not None:
+            raise ValueError("the two-direction backward takes no gradient of a last state")
+    else:
+        u_r, delta_r, A_r, B_r, C_r, D_r, bias_r, hs_r, dout_r = u, delta, A, B, C, D, delta_bias, hs, dout
+    cfg = _config("bwd", dim, nstate, length, interp, n_dir * batch * dim / num_sms(u.device))
     T, NR, DR, W, NL, DL, K = cfg[:7]
     _check_tile(T, NR, DR, W, NL, DL, nstate)
     # phase A (the states entering the segment's chunks) walks the segment in chunks of TA steps: the
@@ -896,40 +940,47 @@ def _launch_bwd(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, hs, chun
                            f"segments have {T * K}")
     n_seg = cdiv(length, T * K)
     n_dblocks = cdiv(dim, DR * W * DL)
-    scratch = torch.empty((batch * n_dblocks * K * DR * W * DL * NR * NL,), device=u.device,
-                          dtype=torch.float32)
+    dev = u.device
+    scratch = torch.empty((n_dir * batch * n_dblocks * K * DR * W * DL * NR * NL,), device=dev, dtype=torch.float32)
     n_parts = n_dblocks * W
     atomic = _atomic_bc()
-    dev = u.device
 
-    def tm(dtype):  # time-major (batch, length, dim) storage seen as (batch, dim, length)
-        return torch.empty((batch, length, dim), device=dev, dtype=dtype).transpose(1, 2)
+    def tm(dtype, *lead):  # time-major (..., batch, length, dim) storage seen as (..., batch, dim, length)
+        return torch.empty((*lead, batch, length, dim), device=dev, dtype=dtype).transpose(-2, -1)
+
+    def per_dir(*shape, zero=False):  # fp32 partials, one block per direction
+        return (torch.zeros if zero else torch.empty)((n_dir, *shape), device=dev, dtype=torch.float32)
 
     du, ddelta = tm(u.dtype), tm(delta.dtype)
-    dz = tm(z.dtype) if z is not None else None
-    dA_part = torch.empty((batch, dim, nstate), device=dev, dtype=torch.float32)
-    dD_part = torch.empty((batch, dim), device=dev, dtype=torch.float32) if D is not None else None
-    db_part = torch.empty((batch, dim), device=dev, dtype=torch.float32) if delta_bias is not None else None
-    if atomic:
-        dB_part = torch.zeros((1, batch, length, nstate), device=dev, dtype=torch.float32)
-        dC_part = torch.zeros((1, batch, length, nstate), device=dev, dtype=torch.float32)
-    else:
-        dB_part = torch.empty((n_parts, batch, length, nstate), device=dev, dtype=torch.float32)
-        dC_part = torch.empty((n_parts, batch, length, nstate), device=dev, dtype=torch.float32)
+    du_r, ddelta_r = (tm(u.dtype), tm(delta.dtype)) if second is not None else (du, ddelta)
+    dz2 = tm(z.dtype, n_dir) if z is not None else None
+    dA_part = per_dir(batch, dim, nstate)
+    dD_part = per_dir(batch, dim) if D is not None else None
+    db_part = per_dir(batch, dim) if delta_bias is not None else None
+    dB_part = per_dir(1 if atomic else n_parts, batch, length, nstate, zero=atomic)
+    dC_part = per_dir(1 if atomic else n_parts, batch, length, nstate, zero=atomic)
     zz = z if z is not None else u
     if dlast is not None:
         dlast = dlast.to(torch.float32).contiguous()
-    grid = (n_dblocks, batch)
-    # ptxas's own register choice (128 at the 224 tile) unless a sweep asks otherwise: below it the
-    # backward spills (offline sm_90 compile: 120-256 bytes of stack at 80-96 registers)
-    regs = {} if interp or _override("maxnreg_bwd") is None else register_cap(0, _override("maxnreg_bwd"))
+    grid = (n_dblocks, batch, n_dir)
+    # 128 registers, unless a sweep asks otherwise: ptxas's own choice for the measured v5 kernel at the 224
+    # tile (16 one-warp programs per SM). Left to itself it now takes 167 (B and C are loaded once per chunk
+    # for both of phase B's loops, and the two-direction launch carries both sets of pointers), which would
+    # leave 12 per SM; at 128 the loops do not spill (offline sm_90 compile, every dtype and tile of the rule;
+    # the two-direction kernel reloads eight 64-bit pointers from the stack once per 32-step segment). Below
+    # 128 it spills inside the loops (120-256 bytes of stack at 80-96 registers, v5).
+    maxnreg = _override("maxnreg_bwd")
+    regs = {} if interp else register_cap(0, _BWD_REGISTERS if maxnreg is None else maxnreg)
+    dz_arg = dz2[0] if dz2 is not None else du
+
+    def opt(t, like):
+        return t if t is not None else like
+
     bwd[grid](
-        u, delta, A, B, C, D if D is not None else A, zz, delta_bias if delta_bias is not None else A,
-        dout, hs, dlast if dlast is not None else A, scratch,
-        du, ddelta, dz if dz is not None else du, dA_part,
-        dD_part if dD_part is not None else dA_part, db_part if db_part is not None else dA_part,
-        dB_part, dC_part,
-        dim, nstate, length, n_seg, 0,
+        u, delta, A, B, C, opt(D, A), zz, opt(delta_bias, A), dout, hs, opt(dlast, A), scratch,
+        du, ddelta, dz_arg, dA_part, opt(dD_part, dA_part), opt(db_part, dA_part), dB_part, dC_part,
+        u_r, delta_r, A_r, B_r, C_r, opt(D_r, A_r), opt(bias_r, A_r), dout_r, hs_r, du_r, ddelta_r,
+        dim, nstate, length, n_seg, 0, dz2.stride(0) if dz2 is not None else 0, dB_part.stride(0),
         u.stride(0), u.stride(1), u.stride(2),
         delta.stride(0), delta.stride(1), delta.stride(2),
         zz.stride(0), zz.stride(1), zz.stride(2),
@@ -937,18 +988,26 @@ def _launch_bwd(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, hs, chun
         C.stride(0), C.stride(1), C.stride(2),
         dout.stride(0), dout.stride(1), dout.stride(2),
         du.stride(0), du.stride(1), du.stride(2),
-        0 if atomic else dB_part.stride(0), dB_part.stride(1), dB_part.stride(3), dB_part.stride(2),
+        0 if atomic else dB_part.stride(1), dB_part.stride(2), dB_part.stride(4), dB_part.stride(3),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(softplus),
-        REVERSE=bool(reverse), HAS_DLAST=dlast is not None, ATOMIC_BC=atomic,
+        REVERSE=bool(reverse) and second is None, HAS_DLAST=dlast is not None, ATOMIC_BC=atomic,
         EVEN_D=dim % (DR * W * DL) == 0, EVEN_N=nstate == NR * NL, PAD=length % (T * K) != 0, K=K, TA=TA,
-        T=T, NR=NR, DR=DR, W=W, NL=NL, DL=DL, num_warps=W, **regs,
+        T=T, NR=NR, DR=DR, W=W, NL=NL, DL=DL, BIDIR=second is not None, num_warps=W, **regs,
     )
-    dA = dA_part.sum(0)
-    dD = dD_part.sum(0) if dD_part is not None else None
-    dbias = db_part.sum(0) if db_part is not None else None
-    dB = dB_part[0] if atomic else dB_part.sum(0)
-    dC = dC_part[0] if atomic else dC_part.sum(0)
-    return du, ddelta, dA, dB.transpose(1, 2).to(B.dtype), dC.transpose(1, 2).to(C.dtype), dD, dz, dbias
+    # the partials of both directions summed in one reduction each
+    dA = dA_part.sum(1)
+    dD = dD_part.sum(1) if dD_part is not None else None
+    dbias = db_part.sum(1) if db_part is not None else None
+    dB = (dB_part[:, 0] if atomic else dB_part.sum(1)).transpose(-2, -1).to(B.dtype)
+    dC = (dC_part[:, 0] if atomic else dC_part.sum(1)).transpose(-2, -1).to(C.dtype)
+    if second is not None:
+        dz = dz2[0] + dz2[1] if dz2 is not None else None
+        return du, ddelta, du_r, ddelta_r, dA, dB, dC, dD, dbias, dz
+
+    def first(t):
+        return t[0] if t is not None else None
+
+    return du, ddelta, dA[0], dB[0], dC[0], first(dD), first(dz2), first(dbias)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -1126,24 +1185,75 @@ def _bidir_setup_context(ctx, inputs, output):
     ctx.set_materialize_grads(False)
 
 
+# The backward of both branches in one launch (the reverse scan's programs on grid axis 2), like the forward.
+# Returns du, ddelta of each scan, then dA, dB, dC, dD, d(delta_bias) stacked over the two directions (one
+# reduction each for both), then dz summed over both.
+def _bidir_bwd_impl(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+                    D: Optional[torch.Tensor], delta_bias: Optional[torch.Tensor],
+                    u_r: torch.Tensor, delta_r: torch.Tensor, A_r: torch.Tensor, B_r: torch.Tensor,
+                    C_r: torch.Tensor, D_r: Optional[torch.Tensor], delta_bias_r: Optional[torch.Tensor],
+                    z: Optional[torch.Tensor], softplus: bool, hs: torch.Tensor, hs_r: torch.Tensor,
+                    dout: torch.Tensor, dout_r: torch.Tensor) -> List[torch.Tensor]:
+    batch, dim, length = u.shape
+    with _on_device(u):
+        grads = _launch_bwd(u, delta, A, B, C, D, z, delta_bias, softplus, False, hs,
+                            _segment(dim, A.shape[1], length), dout, None,
+                            second=(u_r, delta_r, A_r, B_r, C_r, D_r, delta_bias_r, hs_r, dout_r))
+    return [g if g is not None else u.new_empty(0) for g in grads]
+
+
+def _bidir_bwd_fake(u, delta, A, B, C, D, delta_bias, u_r, delta_r, A_r, B_r, C_r, D_r, delta_bias_r, z, softplus,
+                    hs, hs_r, dout, dout_r):
+    batch, dim, length = u.shape
+    nstate = A.shape[1]
+
+    def tm(dtype):
+        return _time_major(batch, dim, length, u, dtype)
+
+    def stacked_state_major(dtype):  # (2, batch, length, state) buffers seen as (2, batch, state, length)
+        return u.new_empty((2, batch, length, nstate), dtype=dtype).transpose(-2, -1)
+
+    def per_channel(given):
+        return u.new_empty((2, dim) if given is not None else (0,), dtype=torch.float32)
+
+    return [tm(u.dtype), tm(delta.dtype), tm(u.dtype), tm(delta.dtype),
+            A.new_empty((2, dim, nstate), dtype=torch.float32), stacked_state_major(B.dtype),
+            stacked_state_major(C.dtype), per_channel(D), per_channel(delta_bias),
+            tm(z.dtype) if z is not None else u.new_empty(0)]
+
+
+_bidir_bwd_op = eager_op("vimamba::selective_scan_bidir_bwd", _bidir_bwd_impl)
+_bidir_bwd_op.op.register_fake(_bidir_bwd_fake)
+
+
 def _bidir_backward(ctx, dout, dout_r, _dhs, _dhs_r):
     saved = ctx.saved_tensors
-    (u, delta, A, B, C, D, bias), (u_r, delta_r, A_r, B_r, C_r, D_r, bias_r) = saved[:7], saved[7:14]
+    fwd, bwd = saved[:7], saved[7:14]
     z, hs, hs_r = saved[14], saved[15], saved[16]
     if hs.numel() == 0:
         raise RuntimeError("selective_scan_triton: the forward ran without saving states for a backward")
-    grads = []
-    for (uu, dd, AA, BB, CC, DD, bb), h, g, rev in (((u, delta, A, B, C, D, bias), hs, dout, False),
-                                                    ((u_r, delta_r, A_r, B_r, C_r, D_r, bias_r), hs_r, dout_r, True)):
-        if g is None:
-            g = torch.zeros_like(uu)
-        du, ddelta, dA, dB, dC, dD, dz, dbias = _scan_bwd_op(uu, dd, AA, BB, CC, DD, z, bb, ctx.softplus, rev, h,
-                                                             g, None)
-        grads.append((du, ddelta, dA, dB, dC, dD if DD is not None else None, dbias if bb is not None else None,
-                      dz if z is not None else None))
-    (g_f, g_r) = grads
-    dz = g_f[7] + g_r[7] if z is not None else None
-    return (*g_f[:7], *g_r[:7], dz, None, None)
+    dout = dout if dout is not None else torch.zeros_like(fwd[0])
+    dout_r = dout_r if dout_r is not None else torch.zeros_like(bwd[0])
+    D, bias = fwd[5], fwd[6]
+
+    def given(t, param):  # the gradient of an optional parameter, None where it was not given
+        return t if param is not None else None
+
+    if _override("bidir_bwd") is False:  # two launches, for sweeps that compare
+        grads = []
+        for (uu, dd, AA, BB, CC, DD, bb), h, g, rev in ((fwd, hs, dout, False), (bwd, hs_r, dout_r, True)):
+            du, ddelta, dA, dB, dC, dD, dz, dbias = _scan_bwd_op(uu, dd, AA, BB, CC, DD, z, bb, ctx.softplus, rev,
+                                                                 h, g, None)
+            grads.append((du, ddelta, dA, dB, dC, given(dD, D), given(dbias, bias), dz))
+        g_f, g_r = grads[0][:7], grads[1][:7]
+        dz = grads[0][7] + grads[1][7]
+    else:
+        du, ddelta, du_r, ddelta_r, dA, dB, dC, dD, dbias, dz = _bidir_bwd_op(*fwd, *bwd, z, ctx.softplus, hs, hs_r,
+                                                                              dout, dout_r)
+        g_f, g_r = [(du_i, ddelta_i, dA[i], dB[i], dC[i], dD[i] if D is not None else None,
+                     dbias[i] if bias is not None else None)
+                    for i, du_i, ddelta_i in ((0, du, ddelta), (1, du_r, ddelta_r))]
+    return (*g_f, *g_r, dz if z is not None else None, None, None)
 
 
 _bidir_fwd_op = eager_op("vimamba::selective_scan_bidir_fwd", _bidir_fwd_impl,
