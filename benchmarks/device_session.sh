@@ -52,7 +52,7 @@ if want profile; then
         --out "$out/profile-$tag.json"
     step 90 "host_overhead_train-$tag.log" python benchmarks/host_overhead.py --train \
         --out "$out/host_overhead_train-$tag.json"
-    step 90 "first_call-$tag.log" python benchmarks/first_call.py
+    step 90 "first_call-$tag.log" python benchmarks/first_call.py --out "$out/first_call-$tag.json"
     if command -v ncu > /dev/null; then
         step 100 "ncu_pair_stalls-$tag.txt" ncu --clock-control none -k regex:_scan_fwd_kernel --launch-skip 1 \
             --launch-count 1 --metrics "regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio" \

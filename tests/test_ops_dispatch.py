@@ -156,6 +156,15 @@ def test_bidir_scan_custom_ops_pass_opcheck():
     fwd, bwd = scan(), scan()
     z = torch.randn(2, 9, 6).transpose(1, 2).requires_grad_(True)
     torch.library.opcheck(triton_scan._bidir_fwd_op.op, (*fwd, *bwd, z, True, True))
+    a_log = [[t.detach().neg().log().requires_grad_(True) if i == 2 else t for i, t in enumerate(sc)]
+             for sc in (fwd, bwd)]
+    torch.library.opcheck(triton_scan._bidir_fwd_op.op, (*a_log[0], *a_log[1], z, True, True, True))
+    with torch.no_grad():  # the backward op on its own (the forward's checks reach it only through autograd)
+        plain = [t.detach() for t in (*fwd, *bwd, z)]
+        _, _, hs, hs_r = triton_scan._bidir_fwd_impl(*plain, True, True)
+        douts = [torch.randn(2, 9, 6).transpose(1, 2) for _ in range(2)]
+        torch.library.opcheck(triton_scan._bidir_bwd_op.op, (*plain, True, hs, hs_r, *douts, False),
+                              test_utils=("test_schema", "test_faketensor"))
     with torch.no_grad():  # the inference variant writes each result over its own u, as the mixer does
         fwd = [t.detach().clone() for t in fwd]
         bwd = [t.detach().clone() for t in bwd]

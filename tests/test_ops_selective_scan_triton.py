@@ -416,12 +416,13 @@ def test_out_is_refused_where_it_cannot_serve():
 SCAN_KEYS = ("u", "delta", "A", "B", "C", "D", "delta_bias")
 
 
-def _bidir_grads(la, lb, keys, z, softplus=True, seed=0):
+def _bidir_grads(la, lb, keys, z, softplus=True, seed=0, a_log=False):
     """Outputs of the one-launch pair and the gradients of every leaf (the scans' ``keys``, then z) for a fixed
     random weighting of both outputs."""
     from vimamba.ops.selective_scan.triton_scan import selective_scan_bidir_triton
 
-    y_f, y_b = selective_scan_bidir_triton([la.get(k) for k in SCAN_KEYS], [lb.get(k) for k in SCAN_KEYS], z, softplus)
+    y_f, y_b = selective_scan_bidir_triton([la.get(k) for k in SCAN_KEYS], [lb.get(k) for k in SCAN_KEYS], z, softplus,
+                                           a_log=a_log)
     g = torch.Generator().manual_seed(seed + 7)
     g_f = torch.randn(y_f.shape, generator=g).to(y_f.device)
     g_b = torch.randn(y_b.shape, generator=g).to(y_b.device)
@@ -431,25 +432,34 @@ def _bidir_grads(la, lb, keys, z, softplus=True, seed=0):
 
 
 def _bidir_compare(batch, dim, state, length, dtype, *, seed=0, device=DEVICE, ref_batch=None, keys=SCAN_KEYS,
-                   gate=True):
+                   gate=True, a_log=False):
     """The one-launch pair against selective_scan_ref run per direction (fwd, then bwd reversed), values and
     the gradients of all inputs (``keys`` of each scan, the optional ones left out when absent, and z when
-    ``gate``; z is shared: its gradient sums both directions')."""
+    ``gate``; z is shared: its gradient sums both directions'). ``a_log``: the pair is given A_log and the
+    reference A = -exp(A_log), so the gradients compared are A_log's."""
     a = _inputs(batch, dim, state, length, dtype, seed=seed, time_major=True, device=device)
     b = _inputs(batch, dim, state, length, dtype, seed=seed + 1, time_major=True, device=device)
     b["z"] = a["z"]
+    if a_log:
+        a["A"], b["A"] = torch.log(-a["A"]), torch.log(-b["A"])
     la = {k: a[k].detach().clone().requires_grad_(True) for k in keys + ("z",)}
     lb = {k: b[k].detach().clone().requires_grad_(True) for k in keys}
     z = la["z"] if gate else None
-    (y_f, y_b), (g_f, g_b), got = _bidir_grads(la, lb, keys, z, seed=seed)
+    (y_f, y_b), (g_f, g_b), got = _bidir_grads(la, lb, keys, z, seed=seed, a_log=a_log)
 
     n = ref_batch or batch  # the reference on the first n batch elements (its memory grows with the length)
     ra = {k: (v[:n] if v.dim() == 3 else v).detach().float().cpu().requires_grad_(True) for k, v in la.items()}
     rb = {k: (v[:n] if v.dim() == 3 else v).detach().float().cpu().requires_grad_(True) for k, v in lb.items()}
     kw = dict(delta_softplus=True, z=ra["z"] if gate else None)
-    r_f = selective_scan_ref(*[ra[k] for k in SCAN_KEYS[:5]], D=ra.get("D"), delta_bias=ra.get("delta_bias"), **kw)
-    r_b = selective_scan_ref(*[rb[k] for k in SCAN_KEYS[:5]], D=rb.get("D"), delta_bias=rb.get("delta_bias"),
-                             reverse=True, **kw)
+
+    def scan_args(r):
+        args = [r[k] for k in SCAN_KEYS[:5]]
+        if a_log:
+            args[2] = -torch.exp(args[2])
+        return args
+
+    r_f = selective_scan_ref(*scan_args(ra), D=ra.get("D"), delta_bias=ra.get("delta_bias"), **kw)
+    r_b = selective_scan_ref(*scan_args(rb), D=rb.get("D"), delta_bias=rb.get("delta_bias"), reverse=True, **kw)
     r_leaves = [ra[k] for k in keys] + [rb[k] for k in keys] + ([ra["z"]] if gate else [])
     want = torch.autograd.grad((r_f * g_f[:n].float().cpu()).sum() + (r_b * g_b[:n].float().cpu()).sum(), r_leaves)
     _check("y_fwd", y_f[:n].cpu(), r_f, dtype)
@@ -515,6 +525,16 @@ def test_bidir_tile_shapes(cfg, monkeypatch):
                          ids=["no-D-no-bias", "no-gate", "bare"])
 def test_bidir_optional_inputs(keys, gate):
     _bidir_compare(2, 6, 4, 37, torch.float32, seed=11, keys=keys, gate=gate)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("cfg", [None, dict(fwd=(2, 4, 1, 1, 4, 2), bwd=(2, 4, 1, 1, 4, 2, 4, 4)), {"bidir_bwd": False}],
+                         ids=["rule", "two-step-chunks", "two-launch-backward"])
+def test_bidir_takes_a_log(cfg, dtype, monkeypatch):
+    """A given as Mamba's A_log (A = -exp(A_log) inside the kernels, the mixer's call): values and every
+    gradient, A_log's included, against the reference on -exp(A_log)."""
+    monkeypatch.setattr(triton_scan, "_CONFIG_OVERRIDE", cfg)
+    _bidir_compare(2, 5, 16, 41, dtype, seed=13, a_log=True)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])

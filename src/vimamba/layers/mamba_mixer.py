@@ -92,8 +92,9 @@ class BiMambaMixer(nn.Module):
         x_dbl = F.linear(u.transpose(1, 2), x_proj.weight)
         dt, B, C = x_dbl.split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         delta = F.linear(dt, dt_proj.weight).transpose(1, 2)
-        return ScanInputs(u, delta, -torch.exp(A_log.float()), B.transpose(1, 2), C.transpose(1, 2), D.float(),
-                          dt_proj.bias.float())
+        # A_log as it is stored: the scan computes A = -exp(A_log) itself (a_log=True below), and takes A_log, D
+        # and the bias in fp32 whatever their dtype
+        return ScanInputs(u, delta, A_log, B.transpose(1, 2), C.transpose(1, 2), D, dt_proj.bias)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.forward_list([hidden])
@@ -119,7 +120,7 @@ class BiMambaMixer(nn.Module):
         del u_f, u_b
         # Both scans in one launch; without autograd each writes its output over its own u (no new tensors).
         y_f, y_b = bidirectional_selective_scan_fn(fwd, bwd, z, delta_softplus=True,
-                                                   out=None if grad else (fwd.u, bwd.u))
+                                                   out=None if grad else (fwd.u, bwd.u), a_log=True)
         del fwd, bwd, z  # delta, B, C: released before the output projection allocates
         # out_proj((y_f + y_b) / 2) as two products, the second accumulating in place onto the first (GEMM
         # with beta = 1): no pass over the activations for the sum. The halving rides on the weight (exact).

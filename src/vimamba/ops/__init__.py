@@ -87,21 +87,24 @@ def bidirectional_selective_scan_fn(
     delta_softplus: bool = False,
     *,
     out: tuple[torch.Tensor, torch.Tensor] | None = None,
+    a_log: bool = False,
     backend: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Vim's two scans: ``fwd`` from the first step to the last, ``bwd`` from the last to the first (each as
     ``selective_scan_fn(*scan, z=z, reverse=...)`` gives it), gated by the same ``z``; returns both outputs.
 
-    The Triton path runs both in one launch: the scan is latency-bound, so twice the rows per multiprocessor
-    cost far less than twice the time. ``fwd`` and ``bwd`` must then agree in shapes, strides and dtypes.
-    ``out`` (inference only): a pair of tensors that receive the outputs; they may be the two u's.
+    The Triton path runs both in one launch, forward and backward: the scan is latency-bound, so twice the rows
+    per multiprocessor cost far less than twice the time. ``fwd`` and ``bwd`` must then agree in shapes,
+    strides and dtypes. ``out`` (inference only): a pair of tensors that receive the outputs; they may be the
+    two u's. ``a_log``: each scan's A is given as Mamba's stored parameter A_log (A = -exp(A_log)); the Triton
+    kernels compute A themselves, which saves two launches per direction and call (and their backward).
     """
     u = fwd[0]
     if resolve_backend(u, backend) == "triton":
         from .selective_scan.triton_scan import selective_scan_bidir_triton
 
-        return selective_scan_bidir_triton(fwd, bwd, z, delta_softplus, out=out)
-    return selective_scan_bidir_ref(fwd, bwd, z, delta_softplus, out=out)
+        return selective_scan_bidir_triton(fwd, bwd, z, delta_softplus, out=out, a_log=a_log)
+    return selective_scan_bidir_ref(fwd, bwd, z, delta_softplus, out=out, a_log=a_log)
 
 
 def causal_conv1d_fn(

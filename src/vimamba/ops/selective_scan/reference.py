@@ -162,14 +162,16 @@ def selective_scan_ref(
     return (y, state) if return_last_state else y
 
 
-def selective_scan_bidir_ref(fwd, bwd, z=None, delta_softplus: bool = False, *, out=None):
+def selective_scan_bidir_ref(fwd, bwd, z=None, delta_softplus: bool = False, *, out=None, a_log: bool = False):
     """Vim's two scans: ``fwd`` = (u, delta, A, B, C[, D, delta_bias]) scanned from the first step to the last,
     ``bwd`` from the last to the first, both gated by ``z``. Returns (y_fwd, y_bwd); ``out`` (inference only):
-    a pair of tensors that receive them."""
+    a pair of tensors that receive them. ``a_log``: the A's are given as A_log, A = -exp(A_log)."""
     ys = []
     for i, (sc, reverse) in enumerate(((fwd, False), (bwd, True))):
         sc = tuple(sc) + (None,) * (7 - len(tuple(sc)))
         u, delta, A, B, C, D, bias = sc
+        if a_log:
+            A = -torch.exp(A if A.dtype == torch.float64 else A.float())
         ys.append(selective_scan_ref(u, delta, A, B, C, D, z, bias, delta_softplus, False, reverse,
                                      out=None if out is None else out[i]))
     return ys[0], ys[1]

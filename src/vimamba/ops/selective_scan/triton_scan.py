@@ -162,7 +162,7 @@ def _scan_fwd_kernel(
     HS_EVERY: tl.constexpr,
     EVEN_D: tl.constexpr, EVEN_N: tl.constexpr, PAD: tl.constexpr,
     T: tl.constexpr, NR: tl.constexpr, DR: tl.constexpr, W: tl.constexpr, NL: tl.constexpr, DL: tl.constexpr,
-    AHEAD: tl.constexpr, VEC: tl.constexpr, BIDIR: tl.constexpr, TOUCH: tl.constexpr,
+    AHEAD: tl.constexpr, VEC: tl.constexpr, BIDIR: tl.constexpr, TOUCH: tl.constexpr, A_LOG: tl.constexpr,
 ):
     pid_d = tl.program_id(0)
     pid_b = tl.program_id(1).to(tl.int64)
@@ -212,8 +212,13 @@ def _scan_fwd_kernel(
     else:
         m_dn = (d_s < dim) & (n_s < nstate)
 
-    # exp(dt * A) = exp2(dt * A * log2(e)); padded states get A = 0 and B = C = 0, so they stay 0
-    A2 = tl.load(A_ptr + dn, mask=m_dn, other=0.0).to(tl.float32) * 1.4426950408889634
+    # exp(dt * A) = exp2(dt * A * log2(e)); padded states get B = C = 0 (and A = 0, or -1 from A_log = 0), so
+    # they stay 0. A_LOG: the tensor holds A_log, A = -exp(A_log) (Mamba's parameterisation), computed here
+    # instead of by two more launches per direction and block
+    A2 = tl.load(A_ptr + dn, mask=m_dn, other=0.0).to(tl.float32)
+    if A_LOG:
+        A2 = -tl.exp2(A2 * 1.4426950408889634)
+    A2 = A2 * 1.4426950408889634
     if HAS_D:
         Dv = tl.load(D_ptr + d_x, mask=m_d, other=0.0).to(tl.float32)
     if HAS_BIAS:
@@ -408,7 +413,7 @@ def _scan_bwd_kernel(
     REVERSE: tl.constexpr, HAS_DLAST: tl.constexpr, ATOMIC_BC: tl.constexpr,
     EVEN_D: tl.constexpr, EVEN_N: tl.constexpr, PAD: tl.constexpr, K: tl.constexpr, TA: tl.constexpr,
     T: tl.constexpr, NR: tl.constexpr, DR: tl.constexpr, W: tl.constexpr, NL: tl.constexpr, DL: tl.constexpr,
-    BIDIR: tl.constexpr,
+    BIDIR: tl.constexpr, A_LOG: tl.constexpr,
 ):
     pid_d = tl.program_id(0)
     pid_b = tl.program_id(1).to(tl.int64)
@@ -472,6 +477,8 @@ def _scan_bwd_kernel(
         m_dn = (d_s < dim) & (n_s < nstate)
 
     A = tl.load(A_ptr + dn, mask=m_dn, other=0.0).to(tl.float32)
+    if A_LOG:  # the tensor holds A_log (see the forward); its gradient is dA * A
+        A = -tl.exp2(A * 1.4426950408889634)
     A2 = A * 1.4426950408889634
     if HAS_D:
         Dv = tl.load(D_ptr + d_x, mask=m_d, other=0.0).to(tl.float32)
@@ -686,6 +693,8 @@ def _scan_bwd_kernel(
                 tl.store(ddt_ptr + x_b + (t0 + e_j) * s_xl, ddt_j.to(ddt_ptr.dtype.element_ty), mask=m_j)
             k = k_nx
 
+    if A_LOG:
+        dA_acc = dA_acc * A
     tl.store(dA_ptr + pid_b * dim * nstate + dn, dA_acc, mask=m_dn)
     if HAS_D:
         tl.store(dD_ptr + pid_b * dim + d_x, dD_acc, mask=m_d)
@@ -804,7 +813,7 @@ def _atomic_bc() -> bool:
 # ----------------------------------------------------------------------------------------------------------
 
 def _launch_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, want_last, want_hs, add=None, out=None,
-                second=None, out_second=None):
+                second=None, out_second=None, a_log=False):
     """One forward launch. ``second``: (u, delta, A, B, C, D, delta_bias) of a second scan over the same z that
     runs from the last step to the first, in the same launch (Vim's backward branch; ``reverse``, ``add`` and
     the last state are then not used); its output goes to ``out_second``, its saved states are returned too."""
@@ -880,7 +889,7 @@ def _launch_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, want_las
         HS_EVERY=seg // T,
         EVEN_D=dim % (DR * W * DL) == 0, EVEN_N=nstate == NR * NL, PAD=length % T != 0,
         T=T, NR=NR, DR=DR, W=W, NL=NL, DL=DL, AHEAD=ahead, VEC=vec, BIDIR=second is not None, TOUCH=touch,
-        num_warps=W, **regs,
+        A_LOG=bool(a_log), num_warps=W, **regs,
     )
     hs = [h if want_hs else None for h in hs]
     if second is not None:
@@ -899,7 +908,8 @@ def _check_pair(first, second, names):
                              f"{tuple(x.shape)}/{x.stride()}/{x.dtype} and {tuple(y.shape)}/{y.stride()}/{y.dtype}")
 
 
-def _launch_bwd(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, hs, chunk, dout, dlast, second=None):
+def _launch_bwd(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, hs, chunk, dout, dlast, second=None,
+                a_log=False):
     """One backward launch. Returns (du, ddelta, dA, dB, dC, dD, dz, dbias), dz of u's layout and the
     optional ones None when their input is None.
 
@@ -907,7 +917,7 @@ def _launch_bwd(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, hs, chun
     launch over the same z (Vim's backward branch; ``reverse`` and ``dlast`` then do not apply). Both
     directions run in this one launch; the result is then (du, ddelta, du_r, ddelta_r, dA, dB, dC, dD, dbias,
     dz) where dA ... dbias hold both directions' gradients stacked on a leading axis of 2 and dz is their sum
-    (z is shared)."""
+    (z is shared). ``a_log``: A holds A_log (A = -exp(A_log)); dA is then the gradient of A_log."""
     batch, dim, length = u.shape
     nstate = A.shape[1]
     _, bwd, interp = _get_kernels()
@@ -992,7 +1002,7 @@ def _launch_bwd(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, hs, chun
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(softplus),
         REVERSE=bool(reverse) and second is None, HAS_DLAST=dlast is not None, ATOMIC_BC=atomic,
         EVEN_D=dim % (DR * W * DL) == 0, EVEN_N=nstate == NR * NL, PAD=length % (T * K) != 0, K=K, TA=TA,
-        T=T, NR=NR, DR=DR, W=W, NL=NL, DL=DL, BIDIR=second is not None, num_warps=W, **regs,
+        T=T, NR=NR, DR=DR, W=W, NL=NL, DL=DL, BIDIR=second is not None, A_LOG=bool(a_log), num_warps=W, **regs,
     )
     # the partials of both directions summed in one reduction each
     dA = dA_part.sum(1)
@@ -1067,15 +1077,15 @@ _scan_fwd_out_op.op.register_fake(_scan_fwd_out_fake)
 def _scan_bwd_impl(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
                  D: Optional[torch.Tensor], z: Optional[torch.Tensor], delta_bias: Optional[torch.Tensor],
                  softplus: bool, reverse: bool, hs: torch.Tensor, dout: torch.Tensor,
-                 dlast: Optional[torch.Tensor]) -> List[torch.Tensor]:
+                 dlast: Optional[torch.Tensor], a_log: bool = False) -> List[torch.Tensor]:
     batch, dim, length = u.shape
     with _on_device(u):
         grads = _launch_bwd(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, hs,
-                            _segment(dim, A.shape[1], length), dout, dlast)
+                            _segment(dim, A.shape[1], length), dout, dlast, a_log=a_log)
     return [g if g is not None else u.new_empty(0) for g in grads]
 
 
-def _scan_bwd_fake(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, hs, dout, dlast):
+def _scan_bwd_fake(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, hs, dout, dlast, a_log=False):
     batch, dim, length = u.shape
     nstate = A.shape[1]
 
@@ -1126,19 +1136,20 @@ _scan_fwd_op.op.register_fake(_scan_fwd_fake)
 
 
 # Both branches of Vim's mixer in one launch (the second scans from the last step to the first). Inputs are
-# the two scans' (u, delta, A, B, C, D, delta_bias) in a row, then the shared z.
+# the two scans' (u, delta, A, B, C, D, delta_bias) in a row, then the shared z. a_log: both A's hold A_log
+# (A = -exp(A_log), computed in the kernels; the gradients go to A_log).
 def _bidir_fwd_impl(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
                   D: Optional[torch.Tensor], delta_bias: Optional[torch.Tensor],
                   u_r: torch.Tensor, delta_r: torch.Tensor, A_r: torch.Tensor, B_r: torch.Tensor,
                   C_r: torch.Tensor, D_r: Optional[torch.Tensor], delta_bias_r: Optional[torch.Tensor],
-                  z: Optional[torch.Tensor], softplus: bool,
-                  want_hs: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+                  z: Optional[torch.Tensor], softplus: bool, want_hs: bool,
+                  a_log: bool = False) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     batch, dim, length = u.shape
     out_r = _time_major(batch, dim, length, u, u.dtype)
     with _on_device(u):
         out, out_r, hs, hs_r, _ = _launch_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, False, False, want_hs,
                                               second=(u_r, delta_r, A_r, B_r, C_r, D_r, delta_bias_r),
-                                              out_second=out_r)
+                                              out_second=out_r, a_log=a_log)
     def given(h):  # each absent output its own empty tensor (outputs of a custom op may not alias)
         return h if h is not None else u.new_empty(0, dtype=torch.float32)
 
@@ -1146,7 +1157,7 @@ def _bidir_fwd_impl(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: to
 
 
 def _bidir_fwd_fake(u, delta, A, B, C, D, delta_bias, u_r, delta_r, A_r, B_r, C_r, D_r, delta_bias_r, z, softplus,
-                    want_hs):
+                    want_hs, a_log=False):
     batch, dim, length = u.shape
     nstate = A.shape[1]
     n_hs = -(-length // _segment(dim, nstate, length)) if want_hs else 0
@@ -1162,14 +1173,15 @@ def _bidir_fwd_out_impl(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B
                       D: Optional[torch.Tensor], delta_bias: Optional[torch.Tensor],
                       u_r: torch.Tensor, delta_r: torch.Tensor, A_r: torch.Tensor, B_r: torch.Tensor,
                       C_r: torch.Tensor, D_r: Optional[torch.Tensor], delta_bias_r: Optional[torch.Tensor],
-                      z: Optional[torch.Tensor], softplus: bool, out: torch.Tensor, out_r: torch.Tensor) -> None:
+                      z: Optional[torch.Tensor], softplus: bool, out: torch.Tensor, out_r: torch.Tensor,
+                      a_log: bool = False) -> None:
     with _on_device(u):
         _launch_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, False, False, False, out=out,
-                    second=(u_r, delta_r, A_r, B_r, C_r, D_r, delta_bias_r), out_second=out_r)
+                    second=(u_r, delta_r, A_r, B_r, C_r, D_r, delta_bias_r), out_second=out_r, a_log=a_log)
 
 
 def _bidir_fwd_out_fake(u, delta, A, B, C, D, delta_bias, u_r, delta_r, A_r, B_r, C_r, D_r, delta_bias_r, z,
-                        softplus, out, out_r):
+                        softplus, out, out_r, a_log=False):
     return None
 
 
@@ -1179,9 +1191,9 @@ _bidir_fwd_out_op.op.register_fake(_bidir_fwd_out_fake)
 
 
 def _bidir_setup_context(ctx, inputs, output):
-    *tensors, softplus, _want_hs = inputs
+    *tensors, softplus, _want_hs, a_log = inputs
     ctx.save_for_backward(*tensors, output[2], output[3])
-    ctx.softplus = softplus
+    ctx.softplus, ctx.a_log = softplus, a_log
     ctx.set_materialize_grads(False)
 
 
@@ -1193,17 +1205,17 @@ def _bidir_bwd_impl(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: to
                     u_r: torch.Tensor, delta_r: torch.Tensor, A_r: torch.Tensor, B_r: torch.Tensor,
                     C_r: torch.Tensor, D_r: Optional[torch.Tensor], delta_bias_r: Optional[torch.Tensor],
                     z: Optional[torch.Tensor], softplus: bool, hs: torch.Tensor, hs_r: torch.Tensor,
-                    dout: torch.Tensor, dout_r: torch.Tensor) -> List[torch.Tensor]:
+                    dout: torch.Tensor, dout_r: torch.Tensor, a_log: bool = False) -> List[torch.Tensor]:
     batch, dim, length = u.shape
     with _on_device(u):
         grads = _launch_bwd(u, delta, A, B, C, D, z, delta_bias, softplus, False, hs,
                             _segment(dim, A.shape[1], length), dout, None,
-                            second=(u_r, delta_r, A_r, B_r, C_r, D_r, delta_bias_r, hs_r, dout_r))
+                            second=(u_r, delta_r, A_r, B_r, C_r, D_r, delta_bias_r, hs_r, dout_r), a_log=a_log)
     return [g if g is not None else u.new_empty(0) for g in grads]
 
 
 def _bidir_bwd_fake(u, delta, A, B, C, D, delta_bias, u_r, delta_r, A_r, B_r, C_r, D_r, delta_bias_r, z, softplus,
-                    hs, hs_r, dout, dout_r):
+                    hs, hs_r, dout, dout_r, a_log=False):
     batch, dim, length = u.shape
     nstate = A.shape[1]
 
@@ -1243,17 +1255,17 @@ def _bidir_backward(ctx, dout, dout_r, _dhs, _dhs_r):
         grads = []
         for (uu, dd, AA, BB, CC, DD, bb), h, g, rev in ((fwd, hs, dout, False), (bwd, hs_r, dout_r, True)):
             du, ddelta, dA, dB, dC, dD, dz, dbias = _scan_bwd_op(uu, dd, AA, BB, CC, DD, z, bb, ctx.softplus, rev,
-                                                                 h, g, None)
+                                                                 h, g, None, ctx.a_log)
             grads.append((du, ddelta, dA, dB, dC, given(dD, D), given(dbias, bias), dz))
         g_f, g_r = grads[0][:7], grads[1][:7]
         dz = grads[0][7] + grads[1][7]
     else:
         du, ddelta, du_r, ddelta_r, dA, dB, dC, dD, dbias, dz = _bidir_bwd_op(*fwd, *bwd, z, ctx.softplus, hs, hs_r,
-                                                                              dout, dout_r)
+                                                                              dout, dout_r, ctx.a_log)
         g_f, g_r = [(du_i, ddelta_i, dA[i], dB[i], dC[i], dD[i] if D is not None else None,
                      dbias[i] if bias is not None else None)
                     for i, du_i, ddelta_i in ((0, du, ddelta), (1, du_r, ddelta_r))]
-    return (*g_f, *g_r, dz if z is not None else None, None, None)
+    return (*g_f, *g_r, dz if z is not None else None, None, None, None)
 
 
 _bidir_fwd_op = eager_op("vimamba::selective_scan_bidir_fwd", _bidir_fwd_impl,
@@ -1261,11 +1273,13 @@ _bidir_fwd_op = eager_op("vimamba::selective_scan_bidir_fwd", _bidir_fwd_impl,
 _bidir_fwd_op.op.register_fake(_bidir_fwd_fake)
 
 
-def selective_scan_bidir_triton(fwd, bwd, z=None, delta_softplus=False, *, out=None):
+def selective_scan_bidir_triton(fwd, bwd, z=None, delta_softplus=False, *, out=None, a_log=False):
     """Vim's two scans in one launch: ``fwd`` = (u, delta, A, B, C, D, delta_bias) scanned from the first step
     to the last, ``bwd`` (same shapes, strides and dtypes) from the last to the first (``reverse=True``), both
     gated by the same ``z``. Returns (y_fwd, y_bwd), each what ``selective_scan_triton`` gives for its scan.
-    ``out``: inference only, a pair of tensors that receive the results and may be the two u's themselves."""
+    ``out``: inference only, a pair of tensors that receive the results and may be the two u's themselves.
+    ``a_log``: both A's are given as A_log, A = -exp(A_log) (Mamba's parameters as they are stored), computed
+    inside the kernels; gradients then reach A_log."""
     if not HAS_TRITON:
         raise RuntimeError("selective_scan_bidir_triton needs the triton package")
     fwd, bwd = _scan_tuple(fwd, "fwd"), _scan_tuple(bwd, "bwd")
@@ -1284,12 +1298,12 @@ def selective_scan_bidir_triton(fwd, bwd, z=None, delta_softplus=False, *, out=N
         for o in (out_f, out_r):
             check_scan_out(fwd[0], o, (*fwd, *bwd, z), False)
         if fwd[0].numel():
-            _bidir_fwd_out_op(*fwd, *bwd, z, bool(delta_softplus), out_f, out_r)
+            _bidir_fwd_out_op(*fwd, *bwd, z, bool(delta_softplus), out_f, out_r, bool(a_log))
         return out_f, out_r
     if fwd[0].numel() == 0:
         return torch.empty_like(fwd[0]), torch.empty_like(bwd[0])
     want_hs = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (*fwd, *bwd, z))
-    y_f, y_r, _, _ = _bidir_fwd_op(*fwd, *bwd, z, bool(delta_softplus), want_hs)
+    y_f, y_r, _, _ = _bidir_fwd_op(*fwd, *bwd, z, bool(delta_softplus), want_hs, bool(a_log))
     return y_f, y_r
 
 
@@ -1304,8 +1318,10 @@ def _scan_tuple(sc, name):
 
 def _per_channel_fp32(*params):
     """The small per-channel parameters (A, D, delta_bias) in fp32, contiguous (a copy only when they are not
-    already); absent ones stay None."""
-    return tuple(t.to(torch.float32).contiguous() if t is not None else None for t in params)
+    already); absent ones stay None. Checked in Python first: six per block and call, and on this project's CPU
+    machine a no-op ``.to(...).contiguous()`` took 1.05 us against 0.17 for the check."""
+    return tuple(t if t is None or (t.dtype == torch.float32 and t.is_contiguous())
+                 else t.to(torch.float32).contiguous() for t in params)
 
 
 def _fp32_params(sc):
