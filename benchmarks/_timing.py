@@ -1,6 +1,7 @@
 """What the training-speed scripts (``seg_train_speed.py``, ``det_train_speed.py``) share: one optimiser step
 under autocast, its timing between CUDA events after untimed warm-up, the timing flags, the environment line,
-the printed table and the JSON file.
+the printed table and the JSON file; and the host-side timer of the CPU scripts (``wrapper_overhead.py``,
+``host_profile_cpu.py``).
 
 The scripts import it by name: Python puts a script's own folder first on ``sys.path``.
 """
@@ -65,6 +66,20 @@ def time_steps(step: Callable[[], None], batch: int, warmup: int, iters: int) ->
         "max_iter_ms": 1000 * max(per_iter), "peak_mem_gib": torch.cuda.max_memory_allocated() / 2 ** 30,
         "warmup_iters": warmup, "warmup_s": warmup_s, "timed_iters": iters,
     }
+
+
+def host_seconds_per_call(fn: Callable[[], object], calls: int, rounds: int = 7, warmup: int = 3) -> float:
+    """Wall seconds per call of ``fn`` on the host: the median over ``rounds`` of ``calls`` back-to-back calls,
+    after ``warmup`` untimed ones (no device synchronisation: for CPU work)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        times.append((time.perf_counter() - t0) / calls)
+    return statistics.median(times)
 
 
 def param_millions(model: torch.nn.Module) -> float:

@@ -27,14 +27,13 @@ import json
 import os
 import platform
 import pstats
-import statistics
 import sys
-import time
 
 os.environ["TRITON_INTERPRET"] = "1"  # CPU tensors take the Triton path; launches are stubbed below
 os.environ["VIMAMBA_BACKEND"] = "triton"
 
 import torch  # noqa: E402
+from _timing import host_seconds_per_call  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "src"))
@@ -63,18 +62,6 @@ class _CountOps(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def _median_ms(fn, rounds=7, calls=5):
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        times.append((time.perf_counter() - t0) / calls * 1e3)
-    return statistics.median(times)
-
-
 def _calls(model, images, targets):
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=True)
 
@@ -92,7 +79,7 @@ def _calls(model, images, targets):
 
 
 def _measure(name, fn):
-    ms = _median_ms(fn)
+    ms = host_seconds_per_call(fn, calls=5) * 1e3
     LAUNCHES.clear()
     with _CountOps() as counter:
         fn()

@@ -22,13 +22,12 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
-import time
 
 os.environ["TRITON_INTERPRET"] = "1"  # CPU tensors take the Triton path; the launches are stubbed below
 
 import torch  # noqa: E402
+from _timing import host_seconds_per_call  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "src"))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "tests"))
@@ -39,16 +38,8 @@ from vimamba.ops import _triton  # noqa: E402
 from vimamba.ops.selective_scan import triton_scan  # noqa: E402
 
 
-def _per_call_us(fn, calls=300, rounds=7):
-    for _ in range(20):
-        fn()
-    times = []
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        times.append((time.perf_counter() - t0) / calls * 1e6)
-    return statistics.median(times)
+def _per_call_us(fn):
+    return host_seconds_per_call(fn, calls=300, warmup=20) * 1e6
 
 
 class _NoLaunch:
