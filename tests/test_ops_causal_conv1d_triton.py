@@ -235,6 +235,72 @@ def test_pair_without_bias_or_activation_and_with_grad():
     assert all(t.grad is not None and t.grad.abs().sum() > 0 for t in (x_g, w_g, w2_g, b_g, b2_g))
 
 
+def check_pair_grads(length, dtype, layout, width=4, use_bias=True, activation="silu", seed=0, use=("x", "w", "b", "w2", "b2"),
+                     outputs=(True, True)):
+    """The pair with autograd (one forward pass, one backward pass over x): values and the gradients of the
+    inputs in ``use`` against two float64 reference convs; ``outputs`` says which outputs feed the loss."""
+    from vimamba.ops.causal_conv1d.triton_conv1d import causal_conv1d_pair_triton
+
+    gen = torch.Generator().manual_seed(seed)
+    base, x = make_x(2, 24, length, layout, dtype, gen)
+    params = {}
+    for name in ("w", "w2"):
+        params[name] = (torch.randn(24, width, generator=gen) / width ** 0.5).to(DEVICE, dtype)
+        b_name = "b" if name == "w" else "b2"
+        params[b_name] = torch.randn(24, generator=gen).to(DEVICE, dtype) if use_bias else None
+    base.requires_grad_("x" in use)
+    for k, t in params.items():
+        if t is not None:
+            t.requires_grad_(k in use)
+    douts = [torch.randn(2, 24, length, generator=gen).to(DEVICE, dtype) for _ in range(2)]
+    out, out2 = causal_conv1d_pair_triton(x, params["w"], params["b"], params["w2"], params["b2"], activation)
+    leaves = ([base] if "x" in use else []) + [params[k] for k in ("w", "b", "w2", "b2")
+                                                if k in use and params[k] is not None]
+    loss = sum((o.float() * g.float()).sum() for o, g, on in zip((out, out2), douts, outputs) if on)
+    grads = torch.autograd.grad(loss, leaves, allow_unused=True)
+
+    base_r = base.detach().cpu().double().requires_grad_(True)
+    x_r = {"contiguous": lambda t: t, "channel_slice": lambda t: t[:, 24:],
+           "transpose": lambda t: t.transpose(1, 2)[:, :24]}[layout](base_r)
+    pr = {k: (t.detach().cpu().double().requires_grad_(True) if t is not None else None) for k, t in params.items()}
+    out_r = causal_conv1d_ref(x_r, pr["w"], pr["b"], activation)
+    out2_r = causal_conv1d_ref(x_r, pr["w2"], pr["b2"], activation, reverse=True)
+    loss_r = sum((o * g.cpu().double()).sum() for o, g, on in zip((out_r, out2_r), douts, outputs) if on)
+    leaves_r = ([base_r] if "x" in use else []) + [pr[k] for k in ("w", "b", "w2", "b2") if k in use and pr[k] is not None]
+    grads_r = torch.autograd.grad(loss_r, leaves_r, allow_unused=True)
+    tol = TOL[dtype]
+    assert rel_err(out, out_r) <= tol and rel_err(out2, out2_r) <= tol
+    for g, g_r, leaf in zip(grads, grads_r, leaves):
+        if g_r is None:  # a parameter of an output that is not in the loss
+            assert g is None or not g.any()
+            continue
+        assert g.dtype == leaf.dtype and g.shape == leaf.shape
+        assert rel_err(g, g_r) <= tol, rel_err(g, g_r)
+
+
+@pytest.mark.parametrize("length", LENGTHS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("layout", ["channel_slice", "transpose"])
+def test_pair_backward_in_one_pass(length, dtype, layout):
+    check_pair_grads(length, dtype, layout, seed=length)
+
+
+@pytest.mark.parametrize("width", [1, 2, 3])
+@pytest.mark.parametrize("use_bias, activation", [(True, None), (False, "silu"), (False, None)])
+def test_pair_backward_widths_and_options(width, use_bias, activation):
+    check_pair_grads(29, torch.float32, "transpose", width=width, use_bias=use_bias, activation=activation,
+                     seed=width)
+
+
+@pytest.mark.parametrize("use, outputs", [
+    (("x",), (True, True)), (("w", "b2"), (True, True)), (("x", "w", "b", "w2", "b2"), (True, False)),
+    (("x", "w2"), (False, True)),
+], ids=["x-only", "some-params", "first-output-only", "second-output-only"])
+def test_pair_backward_partial(use, outputs):
+    """Only some inputs need gradients, or only one output reaches the loss (the other's gradient is None)."""
+    check_pair_grads(17, torch.float32, "channel_slice", use=use, outputs=outputs, seed=5)
+
+
 def test_pair_refuses_mismatched_weights():
     from vimamba.ops.causal_conv1d.triton_conv1d import causal_conv1d_pair_triton
 
@@ -330,13 +396,15 @@ def test_compiles_for_hopper(l_contig):
                 dict(flags, REVERSE=not pair, PAIR=pair, BLOCK_D=128, BLOCK_L=64, SLIDE=True, stride_ol=1,
                      **unit), fwd_aligned + sized)
             assert ptx.count("ld.global") >= 1 and "st.local" not in ptx
-    ptx = compile_for_sm90(
-        mod._conv1d_bwd_kernel,
-        {"x_ptr": "*bf16", "w_ptr": "*fp32", "b_ptr": "*fp32", "dout_ptr": "*bf16", "dx_ptr": "*bf16",
-         "dw_part_ptr": "*fp32", "db_part_ptr": "*fp32"},
-        dict(bwd_flags, WANT_DX=True, WANT_DW=True, WANT_DB=True, BLOCK_D=mod._tiles_bwd_d(l_contig)[0][0],
-             BLOCK_L=mod._tile_l_bwd(l_contig), stride_gl=1, stride_dxl=1, **unit),
-        ["x_ptr", "w_ptr", "b_ptr", "dout_ptr", "dx_ptr", "dw_part_ptr", "db_part_ptr",
-         "stride_gb", "stride_gd", "stride_dxb", "stride_dxd"] + sized)
-    # backward tiles hold 4 elements per thread (register pressure): 8-byte bf16 vectors
-    assert re.search(r"st\.global[.\w]*\.v[24]", ptx), "dx store not vectorised"
+    bwd_ptrs = {"x_ptr": "*bf16", "w_ptr": "*fp32", "b_ptr": "*fp32", "dout_ptr": "*bf16", "dx_ptr": "*bf16",
+                "dw_part_ptr": "*fp32", "db_part_ptr": "*fp32", "w2_ptr": "*fp32", "b2_ptr": "*fp32",
+                "dout2_ptr": "*bf16", "dw2_part_ptr": "*fp32", "db2_part_ptr": "*fp32"}
+    for pair in (False, True):  # one conv's backward, and both of Vim's in one pass
+        ptx = compile_for_sm90(
+            mod._conv1d_bwd_kernel, bwd_ptrs,
+            dict(bwd_flags, REVERSE=not pair, PAIR=pair, WANT_DX=True, WANT_DW=True, WANT_DB=True,
+                 BLOCK_D=mod._tiles_bwd_d(l_contig)[0][0], BLOCK_L=mod._tile_l_bwd(l_contig), stride_gl=1,
+                 stride_dxl=1, **unit),
+            list(bwd_ptrs) + ["stride_gb", "stride_gd", "stride_dxb", "stride_dxd"] + sized)
+        # backward tiles hold 4 elements per thread (register pressure): 8-byte bf16 vectors
+        assert re.search(r"st\.global[.\w]*\.v[24]", ptx), "dx store not vectorised"

@@ -76,9 +76,13 @@ def test_custom_ops_pass_opcheck():
     x = torch.randn(2, 6, 9, requires_grad=True)
     w, b = torch.randn(6, 4, requires_grad=True), torch.randn(6, requires_grad=True)
     torch.library.opcheck(triton_conv1d._conv_fwd_op.op, (x, w, b, True, True))
-    with torch.no_grad():  # the pair has no autograd of its own (inference only)
-        torch.library.opcheck(triton_conv1d._conv_pair_op.op, (x.detach(), w.detach(), b.detach(), w.detach() * 2,
-                                                               b.detach(), True))
+    w2, b2 = (w.detach() * 2).requires_grad_(True), (b.detach() + 1).requires_grad_(True)
+    torch.library.opcheck(triton_conv1d._conv_pair_op.op, (x, w, b, w2, b2, True))  # both convs, one pass each way
+    with torch.no_grad():
+        douts = [torch.randn(2, 6, 9) for _ in range(2)]
+        torch.library.opcheck(triton_conv1d._conv_pair_bwd_op.op,
+                              (x.detach(), w.detach(), b.detach(), w2.detach(), b2.detach(), *douts, True, True, True,
+                               True), test_utils=("test_schema", "test_faketensor"))
     h = torch.randn(3, 16, requires_grad=True)
     r = torch.randn(3, 16, requires_grad=True)
     nw = torch.rand(16, requires_grad=True)

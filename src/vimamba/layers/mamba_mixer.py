@@ -82,8 +82,8 @@ class BiMambaMixer(nn.Module):
 
     def _convs(self, x):
         """Both branches' depthwise conv + SiLU: causal for the forward branch; the backward branch's runs from
-        the end of the sequence instead of on a flipped copy, so everything stays in token order. Without
-        autograd the two come from one pass over x."""
+        the end of the sequence instead of on a flipped copy, so everything stays in token order. On the Triton
+        path the two come from one pass over x, and so do their gradients."""
         return causal_conv1d_pair_fn(x, self.conv1d.weight.squeeze(1), self.conv1d.bias,
                                      self.conv1d_b.weight.squeeze(1), self.conv1d_b.bias, activation="silu")
 

@@ -135,8 +135,8 @@ def causal_conv1d_pair_fn(
     backend: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Vim's two convs of one x: ``causal_conv1d_fn(x, weight, bias, activation)`` and the anti-causal
-    ``causal_conv1d_fn(x, weight_rev, bias_rev, activation, reverse=True)``. On the Triton backend, without
-    autograd, both come from one pass over x."""
+    ``causal_conv1d_fn(x, weight_rev, bias_rev, activation, reverse=True)``. On the Triton backend both come from
+    one pass over x, and their backward is one pass too."""
     if resolve_backend(x, backend) == "triton":
         from .causal_conv1d.triton_conv1d import causal_conv1d_pair_triton
 

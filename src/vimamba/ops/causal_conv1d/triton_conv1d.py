@@ -14,8 +14,9 @@ uses instead of flipping copies) and the tap for lag ``m`` being ``w[width - 1 -
     out[t] = silu(y[t]) if activation else y[t]
 
 so ``reverse=True`` equals ``flip(conv(flip(x)))``. ``causal_conv1d_pair_triton`` computes Vim's two convs of
-one x (causal with one weight, anti-causal with the other) in one pass without autograd (the lag-0 tile serves
-both), and as the two differentiable calls when a gradient is needed. Backward, with ``dy = dout * silu'(y)``::
+one x (causal with one weight, anti-causal with the other) in one pass (the lag-0 tile serves both), and their
+backward in one pass too (the shifted x tiles serve both, dx is summed before its one store). Backward, with
+``dy = dout * silu'(y)``::
 
     dx[t]          = sum_m w[width-1-m] * dy[t - sgn*m]
     dw[width-1-m]  = sum_{b,t} dy[t] * x[t + sgn*m]
@@ -180,6 +181,7 @@ def _conv1d_fwd_kernel(
 
 def _conv1d_bwd_kernel(
     x_ptr, w_ptr, b_ptr, dout_ptr, dx_ptr, dw_part_ptr, db_part_ptr,
+    w2_ptr, b2_ptr, dout2_ptr, dw2_part_ptr, db2_part_ptr,
     D, L, n_lblocks, tiles_per_prog,
     stride_xb, stride_xd, stride_xl,
     stride_wd, stride_wk,
@@ -187,9 +189,11 @@ def _conv1d_bwd_kernel(
     stride_dxb, stride_dxd, stride_dxl,
     W: tl.constexpr, WP: tl.constexpr, REVERSE: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr,
     WANT_DX: tl.constexpr, WANT_DW: tl.constexpr, WANT_DB: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr, PAIR: tl.constexpr = False,
 ):
     # program (chunk c, channel block, batch b) handles length tiles [c*tiles_per_prog, (c+1)*tiles_per_prog)
+    # PAIR: the backward of Vim's two convs of one x (w, b, dout: causal; w2, b2, dout2: anti-causal, REVERSE
+    # then False) in one pass: x's seven shifted tiles are loaded once for both, dx is their sum, written once
     pid_c = tl.program_id(0)
     pid_d = tl.program_id(1)
     pid_b = tl.program_id(2).to(tl.int64)
@@ -197,24 +201,39 @@ def _conv1d_bwd_kernel(
     mask_d = offs_d < D
     x_rows = x_ptr + pid_b * stride_xb + offs_d[:, None] * stride_xd
     g_rows = dout_ptr + pid_b * stride_gb + offs_d[:, None] * stride_gd
+    g2_rows = dout2_ptr + pid_b * stride_gb + offs_d[:, None] * stride_gd
+    bias = tl.full([BLOCK_D], 0.0, tl.float32)
+    bias2 = bias
     if HAS_BIAS:
         bias = tl.load(b_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+        if PAIR:
+            bias2 = tl.load(b2_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
     taps = tl.arange(0, WP)
     db_acc = tl.full([BLOCK_D], 0.0, tl.float32)
     dw_acc = tl.full([BLOCK_D, WP], 0.0, tl.float32)  # column k: the gradient of w[:, k]
-
-    # the taps, w[:, k] for k < W (tuples are indexed with compile-time constants only)
-    w0 = tl.load(w_ptr + offs_d * stride_wd, mask=mask_d, other=0.0).to(tl.float32)
-    w1 = w0
-    w2 = w0
-    w3 = w0
-    if W > 1:
-        w1 = tl.load(w_ptr + offs_d * stride_wd + stride_wk, mask=mask_d, other=0.0).to(tl.float32)
-    if W > 2:
-        w2 = tl.load(w_ptr + offs_d * stride_wd + 2 * stride_wk, mask=mask_d, other=0.0).to(tl.float32)
-    if W > 3:
-        w3 = tl.load(w_ptr + offs_d * stride_wd + 3 * stride_wk, mask=mask_d, other=0.0).to(tl.float32)
-    ws = (w0, w1, w2, w3)
+    db2_acc = db_acc
+    dw2_acc = dw_acc
+    # the taps, w[:, k] for k < W, of each conv (tuples are indexed with compile-time constants only)
+    for dirn in tl.static_range(2 if PAIR else 1):
+        if dirn == 1:
+            w_rows = w2_ptr + offs_d * stride_wd
+        else:
+            w_rows = w_ptr + offs_d * stride_wd
+        w0 = tl.load(w_rows, mask=mask_d, other=0.0).to(tl.float32)
+        w1 = w0
+        w2 = w0
+        w3 = w0
+        if W > 1:
+            w1 = tl.load(w_rows + stride_wk, mask=mask_d, other=0.0).to(tl.float32)
+        if W > 2:
+            w2 = tl.load(w_rows + 2 * stride_wk, mask=mask_d, other=0.0).to(tl.float32)
+        if W > 3:
+            w3 = tl.load(w_rows + 3 * stride_wk, mask=mask_d, other=0.0).to(tl.float32)
+        if dirn == 1:
+            ws2 = (w0, w1, w2, w3)
+        else:
+            ws = (w0, w1, w2, w3)
+            ws2 = ws
 
     tile_start = pid_c * tiles_per_prog
     tile_end = tl.minimum(tile_start + tiles_per_prog, n_lblocks)
@@ -255,7 +274,7 @@ def _conv1d_bwd_kernel(
                     q = offs_l - 3
                 xp3 = tl.load(x_rows + q[None, :] * stride_xl,
                               mask=mask_d[:, None] & ((q >= 0) & (q < L))[None, :], other=0.0).to(tl.float32)
-        if SILU:
+        if SILU or (PAIR and WANT_DW):  # (the anti-causal conv of a pair reads these for its weight gradient)
             if W > 1:
                 if REVERSE:
                     q = offs_l - 1
@@ -280,31 +299,53 @@ def _conv1d_bwd_kernel(
         xs = (xm3, xm2, xm1, x0, xp1, xp2, xp3)
 
         dx = tl.full([BLOCK_D, BLOCK_L], 0.0, tl.float32)
-        for m in tl.static_range(W):
-            # dy at p = t - sgn*m, the output step whose lag-m tap reads x[t]
-            if REVERSE:
-                p = offs_l - m
+        for dirn in tl.static_range(2 if PAIR else 1):
+            # the pair's second conv runs the other way: its shifted tiles are the first's, mirrored
+            if dirn == 1:
+                rev = True
+                xd = (xp3, xp2, xp1, x0, xm1, xm2, xm3)
+                wd = ws2
+                bd = bias2
+                gd_rows = g2_rows
             else:
-                p = offs_l + m
-            mask_p = mask_d[:, None] & ((p >= 0) & (p < L))[None, :]
-            dy = tl.load(g_rows + p[None, :] * stride_gl, mask=mask_p, other=0.0).to(tl.float32)
-            if SILU:  # recompute the pre-activation at p: y[p] = bias + sum_j w[W-1-j] * x[p + sgn*j]
-                y = tl.full([BLOCK_D, BLOCK_L], 0.0, tl.float32)
-                if HAS_BIAS:
-                    y += bias[:, None]
-                for j in tl.static_range(W):
-                    y += ws[W - 1 - j][:, None] * xs[j - m + 3]
-                sig = 1.0 / (1.0 + tl.exp(-y))
-                dy = dy * (sig * (1.0 + y * (1.0 - sig)))
-            if WANT_DX:
-                dx += ws[W - 1 - m][:, None] * dy
-            if m == 0:  # dy at t itself: this tile's share of the weight and bias gradients
-                if WANT_DB:
-                    db_acc += tl.reduce(dy, 1, tl.standard._sum_combine)
-                if WANT_DW:
+                rev = REVERSE
+                xd = xs
+                wd = ws
+                bd = bias
+                gd_rows = g_rows
+            for m in tl.static_range(W):
+                # dy at p = t - sgn*m, the output step whose lag-m tap reads x[t]
+                if rev:
+                    p = offs_l - m
+                else:
+                    p = offs_l + m
+                mask_p = mask_d[:, None] & ((p >= 0) & (p < L))[None, :]
+                dy = tl.load(gd_rows + p[None, :] * stride_gl, mask=mask_p, other=0.0).to(tl.float32)
+                if SILU:  # recompute the pre-activation at p: y[p] = bias + sum_j w[W-1-j] * x[p + sgn*j]
+                    y = tl.full([BLOCK_D, BLOCK_L], 0.0, tl.float32)
+                    if HAS_BIAS:
+                        y += bd[:, None]
                     for j in tl.static_range(W):
-                        dw_j = tl.reduce(dy * xs[j + 3], 1, tl.standard._sum_combine)
-                        dw_acc += tl.where(taps[None, :] == (W - 1 - j), dw_j[:, None], 0.0)
+                        y += wd[W - 1 - j][:, None] * xd[j - m + 3]
+                    sig = 1.0 / (1.0 + tl.exp(-y))
+                    dy = dy * (sig * (1.0 + y * (1.0 - sig)))
+                if WANT_DX:
+                    dx += wd[W - 1 - m][:, None] * dy
+                if m == 0:  # dy at t itself: this tile's share of the weight and bias gradients
+                    if WANT_DB:
+                        db_t = tl.reduce(dy, 1, tl.standard._sum_combine)
+                        if dirn == 1:
+                            db2_acc += db_t
+                        else:
+                            db_acc += db_t
+                    if WANT_DW:
+                        for j in tl.static_range(W):
+                            dw_j = tl.reduce(dy * xd[j + 3], 1, tl.standard._sum_combine)
+                            dw_t = tl.where(taps[None, :] == (W - 1 - j), dw_j[:, None], 0.0)
+                            if dirn == 1:
+                                dw2_acc += dw_t
+                            else:
+                                dw_acc += dw_t
         if WANT_DX:
             dx_ptrs = dx_ptr + pid_b * stride_dxb + offs_d[:, None] * stride_dxd + offs_l[None, :] * stride_dxl
             mask_out = mask_d[:, None] & (offs_l < L)[None, :]
@@ -314,9 +355,13 @@ def _conv1d_bwd_kernel(
     part = pid_b * tl.num_programs(0) + pid_c
     if WANT_DB:
         tl.store(db_part_ptr + part * D + offs_d, db_acc, mask=mask_d)
+        if PAIR:
+            tl.store(db2_part_ptr + part * D + offs_d, db2_acc, mask=mask_d)
     if WANT_DW:
-        dw_ptrs = dw_part_ptr + part * (W * D) + taps[None, :] * D + offs_d[:, None]
-        tl.store(dw_ptrs, dw_acc, mask=mask_d[:, None] & (taps < W)[None, :])
+        dw_off = part * (W * D) + taps[None, :] * D + offs_d[:, None]
+        tl.store(dw_part_ptr + dw_off, dw_acc, mask=mask_d[:, None] & (taps < W)[None, :])
+        if PAIR:
+            tl.store(dw2_part_ptr + dw_off, dw2_acc, mask=mask_d[:, None] & (taps < W)[None, :])
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -453,7 +498,10 @@ def _length_chunks(n_lblocks: int, batch: int, dim: int, l_contig: bool, device,
     return cdiv(n_lblocks, chunks)
 
 
-def _launch_bwd(x, weight, bias, dout, silu, reverse, want_dx, want_dw, want_db):
+def _launch_bwd(x, weight, bias, dout, silu, reverse, want_dx, want_dw, want_db, second=None):
+    """One backward launch: (dx, dw, db), None where not wanted. ``second``: (weight, bias, dout) of the
+    anti-causal conv of the same x (``reverse`` is then False): both in one pass, dx the sum of their input
+    gradients, dw and db stacked over the two convs."""
     batch, dim, length = x.shape
     width = weight.shape[1]
     dx = _empty_like_layout(x) if want_dx else None
@@ -464,8 +512,12 @@ def _launch_bwd(x, weight, bias, dout, silu, reverse, want_dx, want_dw, want_db)
     tiles_per_prog = _length_chunks(n_lblocks, batch, dim, l_contig, x.device, interp) if n_lblocks else 1
     n_chunks = cdiv(n_lblocks, tiles_per_prog)
     n_parts = batch * n_chunks
-    dw_part = torch.empty((n_parts, width, dim), device=x.device, dtype=torch.float32) if want_dw else None
-    db_part = torch.empty((n_parts, dim), device=x.device, dtype=torch.float32) if want_db else None
+    n_conv = 2 if second is not None else 1
+    dw_part = torch.empty((n_conv, n_parts, width, dim), device=x.device, dtype=torch.float32) if want_dw else None
+    db_part = torch.empty((n_conv, n_parts, dim), device=x.device, dtype=torch.float32) if want_db else None
+    w2, b2, dout2 = second if second is not None else (weight, bias, dout)
+    if dout2.stride() != dout.stride():  # one set of strides reaches both output gradients
+        dout, dout2 = dout.contiguous(), dout2.contiguous()
     if x.numel() > 0:
         grid = lambda meta: (n_chunks, cdiv(dim, meta["BLOCK_D"]), batch)  # noqa: E731
         extra = {}
@@ -478,8 +530,11 @@ def _launch_bwd(x, weight, bias, dout, silu, reverse, want_dx, want_dw, want_db)
         kern[grid](
             x, weight, bias if bias is not None else weight, dout,
             dx if dx is not None else dummy,
-            dw_part if dw_part is not None else dummy,
-            db_part if db_part is not None else dummy,
+            dw_part[0] if dw_part is not None else dummy,
+            db_part[0] if db_part is not None else dummy,
+            w2, b2 if b2 is not None else w2, dout2,
+            dw_part[-1] if dw_part is not None else dummy,
+            db_part[-1] if db_part is not None else dummy,
             dim, length, n_lblocks, tiles_per_prog,
             x.stride(0), x.stride(1), x.stride(2),
             weight.stride(0), weight.stride(1),
@@ -487,15 +542,18 @@ def _launch_bwd(x, weight, bias, dout, silu, reverse, want_dx, want_dw, want_db)
             *(dx.stride() if dx is not None else (0, 0, 0)),
             W=width, WP=next_pow2(width), REVERSE=bool(reverse), HAS_BIAS=bias is not None,
             SILU=bool(silu), WANT_DX=bool(want_dx), WANT_DW=bool(want_dw), WANT_DB=bool(want_db),
-            BLOCK_L=block_l, **extra,
+            BLOCK_L=block_l, PAIR=second is not None, **extra,
         )
-    dw = None
-    if want_dw:
-        dw = dw_part.sum(0).t().contiguous().to(weight.dtype) if n_parts else torch.zeros_like(weight)
-    db = None
+    dw = db = None
+    if want_dw:  # (n_conv, dim, width), one reduction for both convs
+        dw = (dw_part.sum(1).transpose(1, 2).contiguous().to(weight.dtype) if n_parts
+              else torch.zeros((n_conv, *weight.shape), device=x.device, dtype=weight.dtype))
     if want_db:
-        db = db_part.sum(0).to(bias.dtype) if n_parts else torch.zeros_like(bias)
-    return dx, dw, db
+        db = (db_part.sum(1).to(bias.dtype) if n_parts
+              else torch.zeros((n_conv, *bias.shape), device=x.device, dtype=bias.dtype))
+    if second is not None:
+        return dx, dw, db
+    return dx, dw[0] if dw is not None else None, db[0] if db is not None else None
 
 
 # Registered as custom ops (``eager_op``), so torch.compile keeps a whole model in one graph (it treats the op
@@ -557,8 +615,51 @@ def _conv_pair_fake(x, weight, bias, weight2, bias2, silu):
     return _empty_like_layout(x), _empty_like_layout(x)
 
 
-# no backward: the pair serves inference; with autograd the two convs run as two differentiable calls
-_conv_pair_op = eager_op("vimamba::causal_conv1d_fwd_pair", _conv_pair_impl)
+def _conv_pair_bwd_impl(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], weight2: torch.Tensor,
+                        bias2: Optional[torch.Tensor], dout: torch.Tensor, dout2: torch.Tensor, silu: bool,
+                        want_dx: bool, want_dw: bool,
+                        want_db: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    dx, dw, db = _launch_bwd(x, weight, bias, dout, silu, False, want_dx, want_dw, want_db,
+                             second=(weight2, bias2, dout2))
+    return (dx if dx is not None else x.new_empty(0), dw if dw is not None else weight.new_empty(0),
+            db if db is not None else weight.new_empty(0))
+
+
+def _conv_pair_bwd_fake(x, weight, bias, weight2, bias2, dout, dout2, silu, want_dx, want_dw, want_db):
+    return (_empty_like_layout(x) if want_dx else x.new_empty(0),
+            weight.new_empty((2, *weight.shape) if want_dw else (0,)),
+            weight.new_empty((2, *bias.shape) if want_db else (0,)))
+
+
+_conv_pair_bwd_op = eager_op("vimamba::causal_conv1d_bwd_pair", _conv_pair_bwd_impl)
+_conv_pair_bwd_op.op.register_fake(_conv_pair_bwd_fake)
+
+
+def _conv_pair_setup_context(ctx, inputs, output):
+    x, weight, bias, weight2, bias2, silu = inputs
+    ctx.save_for_backward(x, weight, bias, weight2, bias2)
+    ctx.silu = silu
+    ctx.set_materialize_grads(False)
+
+
+def _conv_pair_backward(ctx, dout, dout2):
+    """Both convs' backward in one pass over x (dx summed in the kernel; a missing output gradient is zero)."""
+    x, weight, bias, weight2, bias2 = ctx.saved_tensors
+    need = ctx.needs_input_grad
+    want_dx, want_dw = need[0], need[1] or need[3]
+    want_db = bias is not None and (need[2] or need[4])
+    if not (want_dx or want_dw or want_db) or (dout is None and dout2 is None):
+        return None, None, None, None, None, None
+    dout = dout if dout is not None else torch.zeros_like(dout2)
+    dout2 = dout2 if dout2 is not None else torch.zeros_like(dout)
+    dx, dw, db = _conv_pair_bwd_op(x, weight, bias, weight2, bias2, dout, dout2, ctx.silu, want_dx, want_dw, want_db)
+    return (dx if want_dx else None, dw[0] if need[1] else None, db[0] if want_db and need[2] else None,
+            dw[1] if need[3] else None, db[1] if want_db and need[4] else None, None)
+
+
+# Both outputs come from one pass over x, and the backward is one pass too
+_conv_pair_op = eager_op("vimamba::causal_conv1d_fwd_pair", _conv_pair_impl,
+                         backward=_conv_pair_backward, setup_context=_conv_pair_setup_context)
 _conv_pair_op.op.register_fake(_conv_pair_fake)
 
 
@@ -582,8 +683,8 @@ def causal_conv1d_pair_triton(
     activation: Optional[str] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(causal_conv1d_triton(x, weight, bias, activation), causal_conv1d_triton(x, weight_rev, bias_rev,
-    activation, reverse=True))``: Vim's two convs of one x. Without autograd both come from one pass over x
-    (x read once); when a gradient is needed they are the two differentiable calls."""
+    activation, reverse=True))``: Vim's two convs of one x. Both come from one pass over x (x read once), and
+    their backward is one pass too (dx summed in the kernel, written once)."""
     _check_conv_call(x, weight, bias, activation)
     _check_conv_call(x, weight_rev, bias_rev, activation)
     # one kernel reads both weights through one set of strides: refused in either mode, so that a pair that
@@ -593,15 +694,11 @@ def causal_conv1d_pair_triton(
         raise ValueError("the two convs need weights (and biases) of one shape and layout: got "
                          f"{tuple(weight.shape)}/{weight.stride()} with bias {bias is not None} and "
                          f"{tuple(weight_rev.shape)}/{weight_rev.stride()} with bias {bias_rev is not None}")
-    tensors = (x, weight, bias, weight_rev, bias_rev)
     silu = activation is not None
     if bias is not None:
         bias = bias.contiguous()  # as in causal_conv1d_triton
     if bias_rev is not None:
         bias_rev = bias_rev.contiguous()
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
-        # the two differentiable convs of causal_conv1d_triton, without checking the arguments again
-        return _conv_fwd_op(x, weight, bias, silu, False), _conv_fwd_op(x, weight_rev, bias_rev, silu, True)
     return _conv_pair_op(x, weight, bias, weight_rev, bias_rev, silu)
 
 
