@@ -235,24 +235,24 @@ def test_pair_without_bias_or_activation_and_with_grad():
     assert all(t.grad is not None and t.grad.abs().sum() > 0 for t in (x_g, w_g, w2_g, b_g, b2_g))
 
 
-def check_pair_grads(length, dtype, layout, width=4, use_bias=True, activation="silu", seed=0, use=("x", "w", "b", "w2", "b2"),
-                     outputs=(True, True)):
+def check_pair_grads(length, dtype, layout, width=4, use_bias=True, activation="silu", seed=0,
+                     use=("x", "w", "b", "w2", "b2"), outputs=(True, True), batch=2, dim=24):
     """The pair with autograd (one forward pass, one backward pass over x): values and the gradients of the
     inputs in ``use`` against two float64 reference convs; ``outputs`` says which outputs feed the loss."""
     from vimamba.ops.causal_conv1d.triton_conv1d import causal_conv1d_pair_triton
 
     gen = torch.Generator().manual_seed(seed)
-    base, x = make_x(2, 24, length, layout, dtype, gen)
+    base, x = make_x(batch, dim, length, layout, dtype, gen)
     params = {}
     for name in ("w", "w2"):
-        params[name] = (torch.randn(24, width, generator=gen) / width ** 0.5).to(DEVICE, dtype)
+        params[name] = (torch.randn(dim, width, generator=gen) / width ** 0.5).to(DEVICE, dtype)
         b_name = "b" if name == "w" else "b2"
-        params[b_name] = torch.randn(24, generator=gen).to(DEVICE, dtype) if use_bias else None
+        params[b_name] = torch.randn(dim, generator=gen).to(DEVICE, dtype) if use_bias else None
     base.requires_grad_("x" in use)
     for k, t in params.items():
         if t is not None:
             t.requires_grad_(k in use)
-    douts = [torch.randn(2, 24, length, generator=gen).to(DEVICE, dtype) for _ in range(2)]
+    douts = [torch.randn(batch, dim, length, generator=gen).to(DEVICE, dtype) for _ in range(2)]
     out, out2 = causal_conv1d_pair_triton(x, params["w"], params["b"], params["w2"], params["b2"], activation)
     leaves = ([base] if "x" in use else []) + [params[k] for k in ("w", "b", "w2", "b2")
                                                 if k in use and params[k] is not None]
@@ -260,8 +260,8 @@ def check_pair_grads(length, dtype, layout, width=4, use_bias=True, activation="
     grads = torch.autograd.grad(loss, leaves, allow_unused=True)
 
     base_r = base.detach().cpu().double().requires_grad_(True)
-    x_r = {"contiguous": lambda t: t, "channel_slice": lambda t: t[:, 24:],
-           "transpose": lambda t: t.transpose(1, 2)[:, :24]}[layout](base_r)
+    x_r = {"contiguous": lambda t: t, "channel_slice": lambda t: t[:, dim:],
+           "transpose": lambda t: t.transpose(1, 2)[:, :dim]}[layout](base_r)
     pr = {k: (t.detach().cpu().double().requires_grad_(True) if t is not None else None) for k, t in params.items()}
     out_r = causal_conv1d_ref(x_r, pr["w"], pr["b"], activation)
     out2_r = causal_conv1d_ref(x_r, pr["w2"], pr["b2"], activation, reverse=True)
@@ -359,6 +359,11 @@ def test_autotuned(reverse):
     """The autotuned kernels (what the model gets) on a Vim-tiny-sized problem, both layouts."""
     check(4, 384, 197, 4, torch.bfloat16, "transpose", True, "silu", reverse, seed=11)
     check(4, 384, 197, 4, torch.bfloat16, "channel_slice", True, "silu", reverse, seed=12)
+
+
+def test_autotuned_pair():
+    """The pair's autotuned forward and backward (what training gets) at Vim-Ti's width, Vim's layout."""
+    check_pair_grads(197, torch.bfloat16, "transpose", batch=4, dim=384, seed=13)
 
 
 # --------------------------------------------------------------------------------------------------------

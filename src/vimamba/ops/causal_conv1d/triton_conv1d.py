@@ -422,7 +422,7 @@ def _get_kernel(name: str, l_contig: bool, tune: Optional[bool] = None):
                            for bd, bl, nw, slide in _tiles_fwd(l_contig)]
             else:
                 configs = [triton.Config({"BLOCK_D": bd}, num_warps=nw) for bd, nw in _tiles_bwd_d(l_contig)]
-            tune_key = ["D", "L", "W", "stride_xd", "stride_xl"] + (["PAIR"] if name == "fwd" else [])
+            tune_key = ["D", "L", "W", "stride_xd", "stride_xl", "PAIR"]  # (one conv and the pair tune apart)
             fn = triton.autotune(configs=configs, key=tune_key)(fn)
         entry = _KERNELS[key] = (fn, interp, tuned)
     return entry
