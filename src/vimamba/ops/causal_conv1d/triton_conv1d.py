@@ -372,13 +372,13 @@ def _tiles_fwd(l_contig: bool):
     """Candidate (BLOCK_D, BLOCK_L, num_warps, SLIDE) for the forward kernel, the heuristic choice first.
 
     2-D tiles: 8-16 elements per thread, 56-98 registers on sm_90 (Triton 3.8, width 4, SiLU), no spills.
-    For channel-contiguous x the autotuner also tries the SLIDE tiles (one channel per thread walking BLOCK_L
-    steps with a window of x in registers). They come after the measured v5 tile, so with autotuning off
-    nothing changes; they were added without a GPU at hand (session 5): the autotuner measures them first."""
+    The SLIDE tiles (one channel per thread walking BLOCK_L steps with a window of x in registers; session 5,
+    written without a GPU) are not offered: compiled on an H200 (Triton 3.6, session 6) they gave wrong results
+    in 46 of their tests, while the interpreter passes them all. They stay reachable through
+    _FWD_TILE_OVERRIDE for the tests that pin the bug until it is found."""
     if l_contig:  # steps contiguous: long rows along L
         return [(4, 256, 4, False), (8, 128, 4, False), (8, 256, 8, False)]
-    return [(64, 16, 4, False), (32, 32, 4, False), (128, 16, 8, False),  # channels contiguous: wide along D
-            (128, 64, 4, True), (256, 64, 4, True)]
+    return [(64, 16, 4, False), (32, 32, 4, False), (128, 16, 8, False)]  # channels contiguous: wide along D
 
 
 def _tile_l_bwd(l_contig: bool) -> int:

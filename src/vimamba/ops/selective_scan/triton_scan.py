@@ -720,7 +720,7 @@ _STRIDE_ARGS = ("s_ub s_ul s_tb s_tl s_zb s_zl s_Bb s_Bl s_Cb s_Cl s_ob s_ol s_g
                 "never").split()
 
 # The backward's register cap (see _launch_bwd)
-_BWD_REGISTERS = 128
+_BWD_REGISTERS = 168
 
 # Tile shapes (T, NR, DR, W, NL, DL); num_warps = W. Benchmarks and tests may set
 # _CONFIG_OVERRIDE = {"fwd": (...), "bwd": (...), "atomic_bc": bool} to force a choice; "maxnreg" /
@@ -973,12 +973,9 @@ def _launch_bwd(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, hs, chun
     if dlast is not None:
         dlast = dlast.to(torch.float32).contiguous()
     grid = (n_dblocks, batch, n_dir)
-    # 128 registers, unless a sweep asks otherwise: ptxas's own choice for the measured v5 kernel at the 224
-    # tile (16 one-warp programs per SM). Left to itself it now takes 167 (B and C are loaded once per chunk
-    # for both of phase B's loops, and the two-direction launch carries both sets of pointers), which would
-    # leave 12 per SM; at 128 the loops do not spill (offline sm_90 compile, every dtype and tile of the rule;
-    # the two-direction kernel reloads eight 64-bit pointers from the stack once per 32-step segment). Below
-    # 128 it spills inside the loops (120-256 bytes of stack at 80-96 registers, v5).
+    # 168 registers, unless a sweep asks otherwise (run 9, H200: the pair's forward + backward at Vim-Ti 224,
+    # batch 128 took 3.407 ms at 168, 3.555 with ptxas's own ~160, 3.667 at 128; Vim-S 6.610 / 6.860 / 7.138).
+    # Offline, nothing spills at 168; below 128 the loops spill (120-256 bytes of stack at 80-96 registers, v5).
     maxnreg = _override("maxnreg_bwd")
     regs = {} if interp else register_cap(0, _BWD_REGISTERS if maxnreg is None else maxnreg)
     dz_arg = dz2[0] if dz2 is not None else du
