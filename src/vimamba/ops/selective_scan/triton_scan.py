@@ -724,8 +724,8 @@ _BWD_REGISTERS = 168
 
 # Tile shapes (T, NR, DR, W, NL, DL); num_warps = W. Benchmarks and tests may set
 # _CONFIG_OVERRIDE = {"fwd": (...), "bwd": (...), "atomic_bc": bool} to force a choice; "maxnreg" /
-# "maxnreg_bwd" (an int, 0 = no option) replace the forward's register rule / the backward's 128; "bidir_bwd": False
-# runs the two directions' backward as two launches.
+# "maxnreg_bwd" (an int, 0 = no option) replace the forward's register rule / the backward's _BWD_REGISTERS;
+# "bidir_bwd": False runs the two directions' backward as two launches.
 _CONFIG_OVERRIDE: Optional[dict] = None
 
 
