@@ -292,24 +292,35 @@ def main():
                    help="run the shipped forward once at this size and exit (for a profiler such as ncu)")
     p.add_argument("--one-bidir", metavar="BATCHxLENGTH",
                    help="as --one-fwd for the mixer's two scans in one launch")
+    p.add_argument("--one-bidir-bwd", metavar="BATCHxLENGTH",
+                   help="as --one-bidir, with autograd: the two-direction backward launch follows each forward")
     p.add_argument("--tile", metavar="JSON",
                    help="with --one-fwd/--one-bidir: a forward tile (list) or override dict instead of the rule's")
     args = p.parse_args()
-    if not (args.out or args.one_fwd or args.one_bidir):
-        p.error("--out is required (but with --one-fwd or --one-bidir)")
+    one = args.one_fwd or args.one_bidir or args.one_bidir_bwd
+    if not (args.out or one):
+        p.error("--out is required (but with --one-fwd, --one-bidir or --one-bidir-bwd)")
     import triton
 
-    if args.one_fwd or args.one_bidir:
+    if one:
         from vimamba.ops.selective_scan.triton_scan import selective_scan_bidir_triton
 
-        batch, length = (int(v) for v in (args.one_fwd or args.one_bidir).lower().split("x"))
+        batch, length = (int(v) for v in one.lower().split("x"))
         ins = _inputs(batch, 384, 16, length, torch.bfloat16, time_major=True, device="cuda", seed=7)
         if args.tile:
             tile = json.loads(args.tile)
             tile = tuple(tile) if isinstance(tile, list) else tile
-            n_dir = 2 if args.one_bidir else 1
+            n_dir = 1 if args.one_fwd else 2
             triton_scan._CONFIG_OVERRIDE = _override("fwd", tile, n_dir * batch, 384, 16, length)
         keys = ("u", "delta", "A", "B", "C", "D", "delta_bias")
+        if args.one_bidir_bwd:
+            leaves = [ins[k].detach().requires_grad_(True) for k in keys]
+            z = ins["z"].detach().requires_grad_(True)
+            for _ in range(2):
+                y_f, y_b = selective_scan_bidir_triton(leaves, leaves, z, True)
+                torch.autograd.grad((y_f, y_b), leaves + [z], (torch.ones_like(y_f), torch.ones_like(y_b)))
+            torch.cuda.synchronize()
+            return
         with torch.no_grad():
             for _ in range(2):
                 if args.one_bidir:

@@ -318,12 +318,9 @@ def test_pair_refuses_mismatched_weights():
 # --------------------------------------------------------------------------------------------------------
 
 @pytest.fixture
-def slide_tiles(monkeypatch, request):
+def slide_tiles(monkeypatch):
     from vimamba.ops.causal_conv1d import triton_conv1d as mod
 
-    if not INTERPRETED:  # known bug: compiled, the SLIDE path gives wrong results in 46 of these 60 cases (H200,
-        # Triton 3.6, session 6; the 14 others pass, so not strict): withdrawn from the autotuner until fixed
-        request.applymarker(pytest.mark.xfail(reason="SLIDE tiles are wrong when compiled (46 of 60 cases)"))
     monkeypatch.setattr(mod, "_FWD_TILE_OVERRIDE", (16, 8, 1, True))
 
 
@@ -374,6 +371,30 @@ def test_autotuned_pair():
 # compiled path (which the interpreter does not exercise) is at least built here. Uses Triton's compiler
 # entry points (ASTSource, GPUTarget), which are less stable than the language: skipped if they changed.
 # --------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("pair, reverse", [(False, False), (False, True), (True, False)],
+                         ids=["causal", "anti-causal", "pair"])
+def test_slide_window_is_loop_carried(pair, reverse):
+    """The compiled SLIDE loop carries all three past steps of x. Session 6 found these tiles wrong on the GPU
+    (right in the interpreter): with one shared zero as their start value, Triton's front end took x[t-2] and
+    x[t-3] for loop constants (`x2 = x1` kept the handle it entered with) and the taps at lags 2 and 3 read
+    zeros. Checked here on Triton's IR, since no CPU run can see it."""
+    import re
+
+    from vimamba.ops.causal_conv1d import triton_conv1d as mod
+
+    types = {"x_ptr": "*bf16", "w_ptr": "*fp32", "b_ptr": "*fp32", "out_ptr": "*bf16", "w2_ptr": "*fp32",
+             "b2_ptr": "*fp32", "out2_ptr": "*bf16"}
+    ttir = compile_for_sm90(
+        mod._conv1d_fwd_kernel, types,
+        dict(W=4, REVERSE=reverse, HAS_BIAS=True, SILU=True, PAIR=pair, SLIDE=True, BLOCK_D=128, BLOCK_L=64,
+             stride_xd=1, stride_od=1),
+        list(types), asm="ttir")
+    loops = re.findall(r"scf\.for .*iter_args\((.*?)\) ->", ttir)
+    assert len(loops) == 1, loops
+    carried = [name for name in ("x1", "x2", "x3") if re.search(rf"%{name} = ", loops[0])]
+    assert carried == ["x1", "x2", "x3"], f"the loop carries only {carried} of the window: {loops[0]}"
+
 
 @pytest.mark.parametrize("l_contig", [True, False], ids=["length-contiguous", "channel-contiguous"])
 def test_compiles_for_hopper(l_contig):

@@ -35,9 +35,10 @@ equal to 1, so accesses vectorise (16 bytes) along whichever of the two dimensio
 where sizes and alignment allow, and the tile shape is picked for that case. Loads shifted along a
 contiguous length dimension, and the stores of length-contiguous rows when the length is not a multiple of
 the vector (Vim's 197), stay scalar but coalesced across the warp. Widths 1 to 4. For channel-contiguous x
-the forward's autotuner also tries SLIDE tiles: one thread per channel walks a run of steps in order with the
-last four x values in registers, so x is loaded once per step instead of once per tap (62 SASS instructions
-per step for the pair, both outputs, against ~39 per output of the 2-D tile; offline sm_90 compile).
+the forward also has SLIDE tiles (see _tiles_fwd for when the autotuner gets them): one thread per channel
+walks a run of steps in order with the last four x values in registers, so x is loaded once per step instead
+of once per tap (66 SASS instructions per step for the pair, both outputs, against ~39 per output of the 2-D
+tile; offline sm_90 compile).
 
 Kernels are turned into Triton functions on first use, not at import, and their bodies call only
 ``triton.language`` builtins: ``ops/_triton.py`` says why.
@@ -84,7 +85,6 @@ def _conv1d_fwd_kernel(
         # coalesced row of channels. Taps are held by lag, lag m = w[W-1-m] (lags >= W are zero), and step t
         # gives the causal output at t and the anti-causal one at t - 3, whose inputs are then all in the window.
         t0 = pid_l * BLOCK_L
-        zero = tl.full([BLOCK_D], 0.0, tl.float32)
         w_rows = offs_d * stride_wd
         # the masks of lags past the width and of an absent bias are compile-time False: zeros, no loads
         wa0 = tl.load(w_ptr + w_rows + (W - 1) * stride_wk, mask=mask_d, other=0.0).to(tl.float32)
@@ -98,9 +98,13 @@ def _conv1d_fwd_kernel(
             wb2 = tl.load(w2_ptr + w_rows + (W - 3) * stride_wk, mask=mask_d & (W > 2), other=0.0).to(tl.float32)
             wb3 = tl.load(w2_ptr + w_rows + (W - 4) * stride_wk, mask=mask_d & (W > 3), other=0.0).to(tl.float32)
             bb = tl.load(b2_ptr + offs_d, mask=mask_d & HAS_BIAS, other=0.0).to(tl.float32)
-        x1 = zero  # x[t-1], x[t-2], x[t-3]
-        x2 = zero
-        x3 = zero
+        # x[t-1], x[t-2], x[t-3]. Three separate zero tensors, not one: Triton's front end (3.6 and 3.8) takes a
+        # variable as loop-carried only when the loop gives it a value whose handle differs from its value on
+        # entry, so with one shared zero `x2 = x1` looked unchanged and x2, x3 stayed zero when compiled
+        # (the interpreter runs Python's semantics and never saw it); test_slide_window_is_loop_carried pins it
+        x1 = tl.zeros([BLOCK_D], tl.float32)
+        x2 = tl.zeros([BLOCK_D], tl.float32)
+        x3 = tl.zeros([BLOCK_D], tl.float32)
         # steps t0-3 .. t0+BLOCK_L-1 for a causal output, up to t0+BLOCK_L+2 when an anti-causal one is asked
         if PAIR or REVERSE:
             n_steps = BLOCK_L + 6
@@ -372,10 +376,11 @@ def _tiles_fwd(l_contig: bool):
     """Candidate (BLOCK_D, BLOCK_L, num_warps, SLIDE) for the forward kernel, the heuristic choice first.
 
     2-D tiles: 8-16 elements per thread, 56-98 registers on sm_90 (Triton 3.8, width 4, SiLU), no spills.
-    The SLIDE tiles (one channel per thread walking BLOCK_L steps with a window of x in registers; session 5,
-    written without a GPU) are not offered: compiled on an H200 (Triton 3.6, session 6) they gave wrong results
-    in 46 of their tests, while the interpreter passes them all. They stay reachable through
-    _FWD_TILE_OVERRIDE for the tests that pin the bug until it is found."""
+    The SLIDE tiles (one channel per thread walking BLOCK_L steps with a window of x in registers, 30
+    registers) are not offered yet: compiled, they were wrong until session 7 (the window was not
+    loop-carried, see the kernel), and the fix has not run on a GPU. They stay reachable through
+    _FWD_TILE_OVERRIDE for their tests; once those pass on a GPU, (128, 64, 4, True) and (256, 64, 4, True)
+    go back after the channel-contiguous 2-D tiles."""
     if l_contig:  # steps contiguous: long rows along L
         return [(4, 256, 4, False), (8, 128, 4, False), (8, 256, 8, False)]
     return [(64, 16, 4, False), (32, 32, 4, False), (128, 16, 8, False)]  # channels contiguous: wide along D
