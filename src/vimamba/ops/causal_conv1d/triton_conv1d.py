@@ -102,9 +102,9 @@ def _conv1d_fwd_kernel(
         # variable as loop-carried only when the loop gives it a value whose handle differs from its value on
         # entry, so with one shared zero `x2 = x1` looked unchanged and x2, x3 stayed zero when compiled
         # (the interpreter runs Python's semantics and never saw it); test_slide_window_is_loop_carried pins it
-        x1 = tl.zeros([BLOCK_D], tl.float32)
-        x2 = tl.zeros([BLOCK_D], tl.float32)
-        x3 = tl.zeros([BLOCK_D], tl.float32)
+        x1 = tl.full([BLOCK_D], 0.0, tl.float32)
+        x2 = tl.full([BLOCK_D], 0.0, tl.float32)
+        x3 = tl.full([BLOCK_D], 0.0, tl.float32)
         # steps t0-3 .. t0+BLOCK_L-1 for a causal output, up to t0+BLOCK_L+2 when an anti-causal one is asked
         if PAIR or REVERSE:
             n_steps = BLOCK_L + 6
