@@ -191,6 +191,47 @@ def sweep_bidir(variants=None):
     return rows
 
 
+def sweep_split_in_time(problems=((1, 384, 6085), (2, 384, 6085), (8, 384, 6085), (8, 768, 6085),
+                                   (64, 384, 6085))):
+    """The forward pair (no grad) split in time (session 7, the forward kernel's PASS 1 + 2) at small batches
+    of Vim-Ti/Vim-S 1248, where one program per row leaves the GPU short of warps (batch 64 as the control,
+    which the rule leaves whole): whole sequences, the rule's split (SPLIT_IN_TIME on) and forced counts of
+    segments, each against the whole-sequence output."""
+    import triton
+
+    from vimamba.ops.selective_scan.triton_scan import selective_scan_bidir_triton
+
+    keys = ("u", "delta", "A", "B", "C", "D", "delta_bias")
+    rows = []
+    for batch, dim, length in problems:
+        a = _inputs(batch, dim, 16, length, torch.bfloat16, time_major=True, device="cuda", seed=1)
+        b = _inputs(batch, dim, 16, length, torch.bfloat16, time_major=True, device="cuda", seed=2)
+        fa, fb = [a[k] for k in keys], [b[k] for k in keys]
+        first = None
+        for variant in ("whole", "rule", 2, 4, 8, 16, 32):
+            triton_scan._CONFIG_OVERRIDE = {"segments": 1} if variant == "whole" else (
+                None if variant == "rule" else {"segments": variant})
+            triton_scan.SPLIT_IN_TIME = variant == "rule"
+            try:
+                with torch.no_grad():
+                    ys = selective_scan_bidir_triton(fa, fb, a["z"], True)
+                    first = ys if first is None else first
+                    err = max(_rel(y, f) for y, f in zip(ys, first))
+                    ms = triton.testing.do_bench(lambda: selective_scan_bidir_triton(fa, fb, a["z"], True),
+                                                 warmup=10, rep=60, return_mode="median")
+            except Exception as exc:  # noqa: BLE001 - a variant this Triton or GPU refuses: record it, go on
+                rows.append({"pass_": "bidir split", "batch": batch, "dim": dim, "length": length,
+                             "segments": variant, "error": repr(exc)[:200]})
+                print(rows[-1], flush=True)
+                continue
+            rows.append({"pass_": "bidir split", "batch": batch, "dim": dim, "length": length, "segments": variant,
+                         "ms": ms, "gsteps": 2 * batch * dim * 16 * length / ms / 1e6, "rel_diff": err})
+            print(rows[-1], flush=True)
+        triton_scan._CONFIG_OVERRIDE = None
+        triton_scan.SPLIT_IN_TIME = False
+    return rows
+
+
 def sweep_bidir_backward(variants, problems=((128, 384, 197), (128, 768, 197), (8, 384, 6085))):
     """The two-direction pair forward + backward (autograd, all 15 inputs' gradients) at Vim-Ti and Vim-S
     224, batch 128 (the training target) and Vim-Ti 1248, batch 8: each variant (override dicts on top of the
@@ -285,7 +326,8 @@ def main():
     p.add_argument("--profile", action="store_true")
     p.add_argument("--no-sweep", action="store_true")
     p.add_argument("--bwd-only", action="store_true")
-    p.add_argument("--grid", choices=("layouts", "dr", "v4", "bidir", "v5", "v6", "v6b", "v7"), default="layouts",
+    p.add_argument("--grid", choices=("layouts", "dr", "v4", "bidir", "v5", "v6", "v6b", "v7", "split"),
+                   default="layouts",
                    help="layouts: states over registers/lanes x chunk x warps (DR = 1); dr: the shipped rule "
                         "against one or two chunks in flight and against two channels per thread")
     p.add_argument("--one-fwd", metavar="BATCHxLENGTH",
@@ -349,6 +391,8 @@ def main():
         save()
     if not args.no_sweep and args.grid == "bidir":
         report["sweep"] = sweep_bidir()
+    elif not args.no_sweep and args.grid == "split":
+        report["sweep"] = sweep_split_in_time()
     elif not args.no_sweep and args.grid == "v7":
         # run 9 (session 6): the backward of both directions in one launch (at 224, batch 128, one direction
         # fills 1.45 waves of 16 one-warp programs per SM, the pair 2.9: 3 waves where two launches take 4) and

@@ -521,6 +521,47 @@ def test_bidir_tile_shapes(cfg, monkeypatch):
     _bidir_compare(2, 13, 16, 13, torch.float32, seed=3)
 
 
+# ------------------------------------------------------------------------------------------------------------
+# The forward split in time (PASS 1 + PASS 2 of the forward kernel; off by default until timed on a GPU):
+# forced here with the segments override, values, the last state and every gradient (the backward reads the
+# states that the split forward saves)
+# ------------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("segments", [2, 3, 7])
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+def test_split_in_time(segments, reverse, monkeypatch):
+    monkeypatch.setattr(triton_scan, "_CONFIG_OVERRIDE", {"segments": segments})
+    _compare(2, 5, 16, 29, torch.float32, dict(FLAGS_FULL, reverse=reverse, return_last_state=True), ALL,
+             time_major=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("segments", [2, 5])
+def test_bidir_split_in_time(segments, dtype, monkeypatch):
+    monkeypatch.setattr(triton_scan, "_CONFIG_OVERRIDE", {"segments": segments})
+    _bidir_compare(2, 6, 16, 37, dtype, seed=segments, a_log=True)
+
+
+def test_split_rule(monkeypatch):
+    """Off by default; when on, split only grids short of warps, into segments of >= 256 chunks."""
+    assert triton_scan._time_segments(6085, 1.45, False) == (1, 6085)
+    monkeypatch.setattr(triton_scan, "SPLIT_IN_TIME", True)
+    assert triton_scan._time_segments(6085, 11.6, False) == (1, 6085)  # Vim-Ti 1248, batch 64: a full wave
+    n_seg, per = triton_scan._time_segments(6085, 1.45, False)  # batch 8
+    assert n_seg == 8 and per * n_seg >= 6085 and per * (n_seg - 1) < 6085
+    assert triton_scan._time_segments(6085, 0.18, False)[0] == 23  # batch 1: segments of >= 256 chunks
+    assert triton_scan._time_segments(197, 0.5, False)[0] == 1  # too short to pay for the first pass
+    assert triton_scan._time_segments(6085, 0.18, True)[0] == 1  # the interpreter: never
+
+
+@pytest.mark.gpu
+@gpu
+def test_bidir_split_in_time_gpu(monkeypatch):
+    """The split forward where the rule would use it: Vim-Ti at 1248, batch 2 (values and gradients)."""
+    monkeypatch.setattr(triton_scan, "SPLIT_IN_TIME", True)
+    _bidir_compare(2, 384, 16, 6085, torch.bfloat16, seed=12, ref_batch=1)
+
+
 @pytest.mark.parametrize("keys, gate", [(SCAN_KEYS[:5], True), (SCAN_KEYS, False), (SCAN_KEYS[:5], False)],
                          ids=["no-D-no-bias", "no-gate", "bare"])
 def test_bidir_optional_inputs(keys, gate):

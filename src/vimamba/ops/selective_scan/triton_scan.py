@@ -148,7 +148,8 @@ def _scan_fwd_kernel(
     u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, add_ptr,
     out_ptr, last_ptr, hs_ptr,
     u_r_ptr, dt_r_ptr, A_r_ptr, B_r_ptr, C_r_ptr, D_r_ptr, bias_r_ptr, out_r_ptr, hs_r_ptr,
-    dim, nstate, L, n_chunks, n_hs, never,
+    segh_ptr, segdt_ptr,
+    dim, nstate, L, n_chunks, n_hs, never, n_seg, seg_chunks,
     s_ub, s_ud, s_ul,
     s_tb, s_td, s_tl,
     s_zb, s_zd, s_zl,
@@ -163,9 +164,17 @@ def _scan_fwd_kernel(
     EVEN_D: tl.constexpr, EVEN_N: tl.constexpr, PAD: tl.constexpr,
     T: tl.constexpr, NR: tl.constexpr, DR: tl.constexpr, W: tl.constexpr, NL: tl.constexpr, DL: tl.constexpr,
     AHEAD: tl.constexpr, VEC: tl.constexpr, BIDIR: tl.constexpr, TOUCH: tl.constexpr, A_LOG: tl.constexpr,
+    PASS: tl.constexpr = 0,
 ):
+    # PASS 0: the whole sequence per program. Split in time (short of rows to fill the GPU: small batches at
+    # high resolution), grid axis 1 runs over (batch element, segment of seg_chunks chunks): PASS 1 scans
+    # each segment from a zero state and keeps only its end state and the sum of its dt per channel (the
+    # segment's decay is exp(A * sum dt)); PASS 2 starts each segment from the state that the segments before
+    # it in scan order hand on (composed here from PASS 1's results) and writes the output.
     pid_d = tl.program_id(0)
-    pid_b = tl.program_id(1).to(tl.int64)
+    pid_bs = tl.program_id(1)
+    seg = pid_bs % n_seg
+    pid_b = (pid_bs // n_seg).to(tl.int64)
     if BIDIR:
         # Both directions of Vim's mixer in one launch (grid axis 2): the second scans its own inputs (the _r
         # pointers, same strides) from the last step to the first. Twice the rows in flight per SM; the scan is
@@ -235,7 +244,9 @@ def _scan_fwd_kernel(
     # the loop's 166 SASS instructions at (1,8,1,1,2,16,2) before). Loads ahead of the sequence's end are
     # masked off by one scalar test per chunk; with PAD the last chunk's steps past L are masked too.
     sgn = 1 - 2 * rev
-    c = rev * (n_chunks - 1)
+    c_lo = seg * seg_chunks
+    n_mine = tl.minimum(seg_chunks, n_chunks - c_lo)  # this segment's chunks (all of them when not split)
+    c = c_lo + rev * (n_mine - 1)
     o_p = out_ptr + pid_b * s_ob + d_x * s_od + (c * T) * s_ol + it_t * s_ol
     B_p = B_ptr + pid_b * s_Bb + B_off + (c * T) * s_Bl
     C_p = C_ptr + pid_b * s_Cb + C_off + (c * T) * s_Cl
@@ -294,7 +305,17 @@ def _scan_fwd_kernel(
         tC_f += AHEAD * step_C
 
     h = tl.full([1, NR, DR, W, NL, DL], 0.0, tl.float32)
-    for _i in range(0, n_chunks):
+    if PASS == 2:  # the state entering this segment: the end states of the segments before it, composed
+        # PASS 1's results: [direction (grid axis 2), batch element x segment, channel(, state)], fp32
+        seg_base = (tl.program_id(2) * tl.num_programs(1) + pid_b * n_seg) * dim
+        for i in range(0, seg + rev * (n_seg - 1 - 2 * seg)):
+            j = i + rev * (n_seg - 1 - 2 * i)  # the i-th segment in scan order
+            sdt = tl.load(segdt_ptr + seg_base + j * dim + d_x, mask=m_d, other=0.0)
+            hj = tl.load(segh_ptr + (seg_base + j * dim) * nstate + dn, mask=m_dn, other=0.0)
+            h = tl.exp2(sdt * A2) * h + hj
+    if PASS == 1:
+        dt_sum = tl.full([T, 1, DR, W, 1, DL], 0.0, tl.float32)
+    for _i in range(0, n_mine):
         t0 = c * T
         if PAD:
             m_t = (t0 + it_t) < L
@@ -352,6 +373,8 @@ def _scan_fwd_kernel(
         if PAD:
             dt = tl.where(m_t, dt, 0.0)  # padded steps: decay 1, input 0, the identity of the scan
         du = dt * u
+        if PASS == 1:
+            dt_sum += dt
 
         if STORE_HS:  # state entering each backward segment (HS_EVERY of these chunks), in scan order
             if rev == 1:
@@ -369,20 +392,22 @@ def _scan_fwd_kernel(
             if PAD:  # steps past L (their results are not stored) read the last step's B and C
                 e_j = tl.minimum(e_j, L - 1 - t0)
             B_j = _load_states(B_p + e_j * s_Bl, m_n, VEC)
-            C_j = _load_states(C_p + e_j * s_Cl, m_n, VEC)
             dt_j = tl.reduce(tl.where(it == j, dt, -0.0), 0, _sum_comb, keep_dims=True)
             du_j = tl.reduce(tl.where(it == j, du, -0.0), 0, _sum_comb, keep_dims=True)
             h = tl.exp2(dt_j * A2) * h + du_j * B_j
-            y_j = tl.reduce(tl.reduce(h * C_j, 1, _sum_comb, keep_dims=True), 4, _sum_comb, keep_dims=True)
-            y = tl.where(it == j, y_j, y)
-        if HAS_D:
-            y = y + Dv * u
-        if HAS_Z:
-            y = y * zz / (1.0 + tl.exp2(-zz * 1.4426950408889634))
-        y = y + tl.full([1, 1, 1, 1, NL, 1], 0.0, tl.float32)
-        if HAS_ADD:  # Vim's two branches summed here, before the one rounding, not in another pass
-            y = y + addv
-        tl.store(o_p, y.to(out_ptr.dtype.element_ty), mask=m_dt)
+            if PASS != 1:
+                C_j = _load_states(C_p + e_j * s_Cl, m_n, VEC)
+                y_j = tl.reduce(tl.reduce(h * C_j, 1, _sum_comb, keep_dims=True), 4, _sum_comb, keep_dims=True)
+                y = tl.where(it == j, y_j, y)
+        if PASS != 1:
+            if HAS_D:
+                y = y + Dv * u
+            if HAS_Z:
+                y = y * zz / (1.0 + tl.exp2(-zz * 1.4426950408889634))
+            y = y + tl.full([1, 1, 1, 1, NL, 1], 0.0, tl.float32)
+            if HAS_ADD:  # Vim's two branches summed here, before the one rounding, not in another pass
+                y = y + addv
+            tl.store(o_p, y.to(out_ptr.dtype.element_ty), mask=m_dt)
         o_p += step_o
         B_p += step_B
         C_p += step_C
@@ -392,8 +417,13 @@ def _scan_fwd_kernel(
         if never != 0:  # keeps the touches (never true)
             tl.store(out_ptr + idl * 0, touch.to(out_ptr.dtype.element_ty))
 
-    if STORE_LAST:
-        tl.store(last_ptr + pid_b * dim * nstate + dn, h, mask=m_dn)
+    if PASS == 1:
+        seg_row = (tl.program_id(2) * tl.num_programs(1) + pid_b * n_seg + seg) * dim
+        tl.store(segh_ptr + seg_row * nstate + dn, h, mask=m_dn)
+        dt_seg = tl.reduce(dt_sum, 0, _sum_comb, keep_dims=True) + tl.full([1, 1, 1, 1, NL, 1], 0.0, tl.float32)
+        tl.store(segdt_ptr + seg_row + d_x, dt_seg, mask=m_d)
+    if STORE_LAST:  # (split in time: the last segment in scan order holds the final state)
+        tl.store(last_ptr + pid_b * dim * nstate + dn, h, mask=m_dn & (seg == (1 - rev) * (n_seg - 1)))
 
 
 def _scan_bwd_kernel(
@@ -862,6 +892,8 @@ def _launch_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, want_las
     else:
         u_r, delta_r, A_r, B_r, C_r, D_r, bias_r, out_r = u, delta, A, B, C, D, delta_bias, out
     grid = (cdiv(dim, DR * W * DL), batch, n_dir)
+    n_seg, seg_chunks = _time_segments(n_chunks, grid[0] * grid[1] * grid[2] * W / num_sms(dev), interp)
+    grid = (grid[0], batch * n_seg, n_dir)
     # Registers: long sequences get all that one wave of the grid leaves (run 8, H200: the Vim-Ti and Vim-S
     # 1248 pairs 3.65 -> 3.14 ms); short ones keep ptxas's choice (a single scan at 128 x 197 ran 0.121 ms
     # with it and 0.146 with 168 registers; the 224 pair 0.198 against 0.193 at 80).
@@ -870,12 +902,15 @@ def _launch_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, want_las
         regs = {}
     else:
         regs = register_cap(warps_per_sm, _override("maxnreg"))
-    fwd[grid](
-        u, delta, A, B, C, D if D is not None else A, zz, delta_bias if delta_bias is not None else A, aa,
-        out, last if last is not None else A, hs[0],
+    if n_seg > 1:  # [direction, batch element x segment, channel(, state)]
+        seg_h = torch.empty((n_dir, batch * n_seg, dim, nstate), device=dev, dtype=torch.float32)
+        seg_dt = torch.empty((n_dir, batch * n_seg, dim), device=dev, dtype=torch.float32)
+    else:
+        seg_h = seg_dt = A
+    common = (
         u_r, delta_r, A_r, B_r, C_r, D_r if D_r is not None else A_r, bias_r if bias_r is not None else A_r,
-        out_r, hs[-1],
-        dim, nstate, length, n_chunks, n_hs, 0,
+        out_r, hs[-1], seg_h, seg_dt,
+        dim, nstate, length, n_chunks, n_hs, 0, n_seg, seg_chunks,
         u.stride(0), u.stride(1), u.stride(2),
         delta.stride(0), delta.stride(1), delta.stride(2),
         zz.stride(0), zz.stride(1), zz.stride(2),
@@ -883,18 +918,50 @@ def _launch_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, want_las
         B.stride(0), B.stride(1), B.stride(2),
         C.stride(0), C.stride(1), C.stride(2),
         out.stride(0), out.stride(1), out.stride(2),
-        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, HAS_ADD=add is not None,
-        SOFTPLUS=bool(softplus),
-        REVERSE=bool(reverse) and second is None, STORE_HS=bool(want_hs), STORE_LAST=bool(want_last),
-        HS_EVERY=seg // T,
-        EVEN_D=dim % (DR * W * DL) == 0, EVEN_N=nstate == NR * NL, PAD=length % T != 0,
+    )
+    flags = dict(
+        HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(softplus), REVERSE=bool(reverse) and second is None,
+        HS_EVERY=seg // T, EVEN_D=dim % (DR * W * DL) == 0, EVEN_N=nstate == NR * NL, PAD=length % T != 0,
         T=T, NR=NR, DR=DR, W=W, NL=NL, DL=DL, AHEAD=ahead, VEC=vec, BIDIR=second is not None, TOUCH=touch,
         A_LOG=bool(a_log), num_warps=W, **regs,
+    )
+    first = (u, delta, A, B, C, D if D is not None else A, zz, delta_bias if delta_bias is not None else A, aa)
+    if n_seg > 1:  # each segment's end state from a zero start, and its dt sum: no output, no gate
+        fwd[grid](*first, out, A, A, *common, HAS_D=False, HAS_Z=False, HAS_ADD=False, STORE_HS=False,
+                  STORE_LAST=False, PASS=1, **flags)
+    fwd[grid](
+        *first, out, last if last is not None else A, hs[0], *common,
+        HAS_D=D is not None, HAS_Z=z is not None, HAS_ADD=add is not None, STORE_HS=bool(want_hs),
+        STORE_LAST=bool(want_last), PASS=2 if n_seg > 1 else 0, **flags,
     )
     hs = [h if want_hs else None for h in hs]
     if second is not None:
         return out, out_second, hs[0], hs[1], seg
     return out, last, hs[0], seg
+
+
+# Splitting the sequence in time (two launches, see the forward kernel's PASS) is off by default until it has
+# been timed on a GPU: written without one (session 7), checked in the interpreter against the whole-sequence
+# scan. ``_CONFIG_OVERRIDE["segments"]`` forces a number of segments (1 = whole sequences) for tests and
+# sweeps; ``SPLIT_IN_TIME = True`` turns the rule below on.
+SPLIT_IN_TIME = False
+
+
+def _time_segments(n_chunks: int, warps_per_sm: float, interp: bool):
+    """(segments, chunks per segment) for the forward: whole sequences (1, n_chunks) unless the grid holds
+    too few warps to hide the scan's latency. The forward at Vim-Ti 1248 runs ~12 one-warp programs per SM at
+    batch 64 (its best measured point) and 1.45 at batch 8, where it is 4.4x slower per image (bench-h200-v7:
+    79.5 ms for 8 images against 134.8 for 64): the rule splits up to ~12 warps per SM, in segments of at
+    least 256 chunks, since each split costs a first pass (~2/3 of a scan) over every segment."""
+    want = _override("segments")
+    if want is None:
+        if interp or not SPLIT_IN_TIME or warps_per_sm >= 6:
+            want = 1
+        else:
+            want = min(32, int(12 // max(warps_per_sm, 1e-3)), n_chunks // 256)
+    n_seg = max(1, min(int(want), n_chunks))
+    seg_chunks = cdiv(n_chunks, n_seg)
+    return cdiv(n_chunks, seg_chunks), seg_chunks
 
 
 def _check_pair(first, second, names):
