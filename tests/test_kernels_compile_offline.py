@@ -1,7 +1,7 @@
 """The kernels' offline sm_90 compile checks, run in CI too.
 
-Those checks (registers and spills, vector widths, the SLIDE window being loop-carried; ``-k "compiles or
-loop_carried"`` in the three kernel test files) need triton imported for compilation, and on a machine without
+Those checks (registers and spills, vector widths, what the SLIDE conv window's and the split scan's loops
+carry; ``-k "compiles or loop_carried"`` in the three kernel test files) need triton imported for compilation, and on a machine without
 a GPU this suite imports it for the interpreter (conftest.py), so in this process they skip. Here they run in a
 fresh process with ``TRITON_INTERPRET=0``: Triton's front end, its GPU passes and ptxas need no GPU. The
 compiled-only bug of session 6 (SLIDE tiles right in the interpreter, wrong on the GPU) is what such a check

@@ -554,6 +554,36 @@ def test_split_rule(monkeypatch):
     assert triton_scan._time_segments(6085, 0.18, True)[0] == 1  # the interpreter: never
 
 
+@pytest.mark.parametrize("pass_", [1, 2])
+def test_split_passes_are_loop_carried(pass_, monkeypatch):
+    """Compiled (TTIR, sm_90), the split forward's loops carry what they accumulate: PASS 1 the state and the
+    dt sum, PASS 2 the composed entry state into the step loop (a start value shared between two carried
+    variables hides one of them from Triton's front end: the SLIDE conv bug of session 6)."""
+    import re
+
+    from triton_helpers import compile_for_sm90
+
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    triton_scan._get_kernels()
+    consts = dict(HAS_D=pass_ == 2, HAS_Z=pass_ == 2, HAS_BIAS=True, HAS_ADD=False, SOFTPLUS=True, REVERSE=False,
+                  STORE_HS=False, STORE_LAST=False, HS_EVERY=1, EVEN_D=True, EVEN_N=True, PAD=False, T=1, NR=16,
+                  DR=1, W=1, NL=1, DL=32, AHEAD=1, VEC=False, BIDIR=True, TOUCH=True, A_LOG=True, PASS=pass_,
+                  s_ud=1, s_td=1, s_zd=1, s_od=1, s_Bn=1, s_Cn=1, s_ad=1)
+    code = triton_scan._scan_fwd_kernel.__code__
+    ptrs = [n for n in code.co_varnames[:code.co_argcount] if n.endswith("_ptr")]
+    fp32 = ("A", "D", "bias", "last", "hs", "seg")
+    types = {n: "*fp32" if n.startswith(fp32) else "*bf16" for n in ptrs}
+    ttir = compile_for_sm90(triton_scan._scan_fwd_kernel, types, consts, ptrs, asm="ttir")
+    loops = re.findall(r"scf\.for .*iter_args\((.*?)\) ->", ttir)
+    step_loop = loops[-1]  # the loop over the segment's chunks
+    assert re.search(r"%h\w* = ", step_loop), step_loop
+    if pass_ == 1:
+        assert re.search(r"%dt_sum\w* = ", step_loop), step_loop
+    else:
+        assert len(loops) == 2 and re.search(r"%h\w* = ", loops[0]), loops  # the composition loop before it
+        assert re.search(r"%h\w* = %h\b", step_loop), step_loop  # and the step loop starts from its result
+
+
 @pytest.mark.gpu
 @gpu
 def test_bidir_split_in_time_gpu(monkeypatch):
