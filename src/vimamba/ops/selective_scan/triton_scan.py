@@ -943,8 +943,9 @@ def _launch_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, want_las
 # Splitting the sequence in time (two launches, see the forward kernel's PASS) is off by default until it has
 # been timed on a GPU: written without one (session 7), checked in the interpreter against the whole-sequence
 # scan. ``_CONFIG_OVERRIDE["segments"]`` forces a number of segments (1 = whole sequences) for tests and
-# sweeps; ``SPLIT_IN_TIME = True`` turns the rule below on.
-SPLIT_IN_TIME = False
+# sweeps; ``SPLIT_IN_TIME = True``, or ``VIMAMBA_SCAN_SPLIT=1`` in the environment at import, turns the rule
+# below on.
+SPLIT_IN_TIME = os.environ.get("VIMAMBA_SCAN_SPLIT", "0").strip() == "1"
 
 
 def _time_segments(n_chunks: int, warps_per_sm: float, interp: bool):
