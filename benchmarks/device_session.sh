@@ -7,12 +7,12 @@
 # PARTS: comma-separated groups or single steps (default: all four groups). All of them took ~11 minutes on an
 # H200 before the v7 sweep (up to 2 more), more than one 10-minute device call: e.g. "tests,sweep" in one call
 # and "bench,profile" in the next, or single steps when device time is short.
-#   tests:   scan_tests, split_tests, conv_tests, model_tests    sweep: sweep_v7, sweep_v6b, sweep_split, tp_probe
+#   tests:   scan_tests, split_tests, conv_tests, model_tests    sweep: sweep_v7, sweep_v6b, sweep_split
 #   bench:   bench_targets, bench_graphs                profile: profile, host, first_call, ncu_fwd, ncu_bwd
 #
 # 1. GPU correctness: full-size scans (both directions, every gradient; the backward's sm_90 registers), the conv
 #    (SLIDE tiles included), the whole-model fast-vs-reference comparison;   2. the v7 (two-direction backward)
-#    and v6b scan sweeps, the forward split in time at small batches, the time-parallel backward probe;   3. `vimamba bench` at the target sizes, and at 224 with CUDA graphs;   4. the per-kernel profile, printing which
+#    and v6b scan sweeps, the forward split in time at small batches;   3. `vimamba bench` at the target sizes, and at 224 with CUDA graphs;   4. the per-kernel profile, printing which
 #    conv tile the autotuner took;   5. the training step's host time (host_overhead.py --train);   6. the first
 #    call's compile/autotune seconds (first_call.py);   7. Nsight Compute's stall reasons for the 1248 pair's
 #    forward and for the two-direction backward at the training size (Vim-Ti 224, batch 128).
@@ -58,10 +58,6 @@ fi
 if want sweep_split sweep; then
     step 150 "scan_sweep_split-$tag.log" python benchmarks/scan_sweep.py --grid split \
         --out "$out/scan_sweep_split-$tag.json"
-fi
-if want tp_probe sweep; then
-    step 100 "time_parallel_probe-$tag.log" python benchmarks/time_parallel_probe.py --quick \
-        --out "$out/time_parallel_probe-$tag.json"
 fi
 if want bench_targets bench; then
     # the forward split in time on (VIMAMBA_SCAN_SPLIT=1): its rule leaves the target sizes whole and splits the
