@@ -542,6 +542,24 @@ def test_bidir_split_in_time(segments, dtype, monkeypatch):
     _bidir_compare(2, 6, 16, 37, dtype, seed=segments, a_log=True)
 
 
+def test_bidir_split_in_time_in_place(monkeypatch):
+    """Split in time, the mixer's no-grad call that writes each scan's output over its own u: PASS 2 reads u
+    only inside its segment (and prefetches past it, unused), so the result is the whole-sequence one."""
+    from vimamba.ops.selective_scan.triton_scan import selective_scan_bidir_triton
+
+    a = _inputs(2, 6, 16, 45, torch.float32, seed=21, time_major=True)
+    b = _inputs(2, 6, 16, 45, torch.float32, seed=22, time_major=True)
+    with torch.no_grad():
+        whole = selective_scan_bidir_triton([a[k] for k in SCAN_KEYS], [b[k] for k in SCAN_KEYS], a["z"], True)
+        monkeypatch.setattr(triton_scan, "_CONFIG_OVERRIDE", {"segments": 4})
+        fa = [a[k].clone() for k in SCAN_KEYS]
+        fb = [b[k].clone() for k in SCAN_KEYS]
+        got = selective_scan_bidir_triton(fa, fb, a["z"], True, out=(fa[0], fb[0]))
+    assert got[0] is fa[0] and got[1] is fb[0]
+    for g, w in zip(got, whole):
+        _check("y", g, w, torch.float32)
+
+
 def test_split_rule(monkeypatch):
     """Off by default; when on, split only grids short of warps, into segments of >= 256 chunks."""
     assert triton_scan._time_segments(6085, 1.45, False) == (1, 6085)
