@@ -7,7 +7,7 @@
 # PARTS: comma-separated groups or single steps (default: all four groups). All of them took ~11 minutes on an
 # H200 before the v7 sweep (up to 2 more), more than one 10-minute device call: e.g. "tests,sweep" in one call
 # and "bench,profile" in the next, or single steps when device time is short.
-#   tests:   scan_tests, split_tests, conv_tests, model_tests    sweep: sweep_v7, sweep_v6b, sweep_split
+#   tests:   scan_tests, split_tests, conv_tests, model_tests    sweep: sweep_v8, sweep_split, sweep_v7, sweep_v6b
 #   bench:   bench_targets, bench_graphs                profile: profile, host, first_call, ncu_fwd, ncu_bwd
 #
 # 1. GPU correctness: full-size scans (both directions, every gradient; the backward's sm_90 registers), the conv
@@ -48,6 +48,9 @@ if want conv_tests tests; then
 fi
 if want model_tests tests; then
     step 150 "gpu_tests-$tag.log" python -m pytest -q -p no:cacheprovider -m gpu tests/test_gpu.py
+fi
+if want sweep_v8 sweep; then
+    step 150 "scan_sweep_v8-$tag.log" python benchmarks/scan_sweep.py --grid v8 --out "$out/scan_sweep_v8-$tag.json"
 fi
 if want sweep_v7 sweep; then
     step 120 "scan_sweep_v7-$tag.log" python benchmarks/scan_sweep.py --grid v7 --out "$out/scan_sweep_v7-$tag.json"
@@ -92,6 +95,6 @@ if want ncu_bwd profile && command -v ncu > /dev/null; then
         --launch-count 1 --metrics "$stalls,$issue" python benchmarks/scan_sweep.py --one-bidir-bwd 128x197
 fi
 grep -h "passed\|failed\|error" "$out"/gpu_*tests-"$tag".log 2>/dev/null | tail -n 6
-grep -h "^|" "$out/scan_sweep_v7-$tag.log" "$out/scan_sweep_v6b-$tag.log" 2>/dev/null
+grep -h "^|" "$out"/scan_sweep_v*-"$tag".log 2>/dev/null
 tail -n 22 "$out/bench-$tag-targets.log" "$out/bench-$tag-graphs224.log" 2>/dev/null
 head -n 8 "$out/host_overhead_train-$tag.log" 2>/dev/null

@@ -326,7 +326,7 @@ def main():
     p.add_argument("--profile", action="store_true")
     p.add_argument("--no-sweep", action="store_true")
     p.add_argument("--bwd-only", action="store_true")
-    p.add_argument("--grid", choices=("layouts", "dr", "v4", "bidir", "v5", "v6", "v6b", "v7", "split"),
+    p.add_argument("--grid", choices=("layouts", "dr", "v4", "bidir", "v5", "v6", "v6b", "v7", "v8", "split"),
                    default="layouts",
                    help="layouts: states over registers/lanes x chunk x warps (DR = 1); dr: the shipped rule "
                         "against one or two chunks in flight and against two channels per thread")
@@ -391,6 +391,15 @@ def main():
         save()
     if not args.no_sweep and args.grid == "bidir":
         report["sweep"] = sweep_bidir()
+    elif not args.no_sweep and args.grid == "v8":
+        # run 10 (session 7): two channels per thread in the backward (DR = 2). Offline sm_90: phase B 651
+        # instructions a step for 16 (channel, state) elements at 248 registers (40.7 each; the rule's tile 55,
+        # 443 for 8 at 167), phase A 10 per element (12); spills at 168. Fewer instructions, fewer warps
+        # (8 per SM at 255 registers against 12) with twice the independent chains in each
+        report["sweep"] = sweep_bidir_backward([
+            "default", {"tile": (1, 8, 2, 1, 2, 16, 32), "maxnreg_bwd": 255},
+            {"tile": (1, 8, 2, 1, 2, 16, 32), "maxnreg_bwd": 0}, {"tile": (1, 4, 2, 1, 4, 8, 32), "maxnreg_bwd": 168},
+            {"tile": (1, 4, 2, 1, 4, 8, 32), "maxnreg_bwd": 255}, {"maxnreg_bwd": 255}])
     elif not args.no_sweep and args.grid == "split":
         report["sweep"] = sweep_split_in_time()
     elif not args.no_sweep and args.grid == "v7":
