@@ -561,22 +561,26 @@ def test_bidir_split_in_time_in_place(monkeypatch):
 
 
 def test_split_rule(monkeypatch):
-    """Off by default; when on, split only grids short of warps, into segments of >= 256 chunks."""
-    assert triton_scan._time_segments(6085, 1.45, False) == (1, 6085)
+    """Off by default; when on, split only grids short of rows (the tile rule would spread states over lanes),
+    into segments of >= 256 steps, enough for the one-lane tile's ~384 rows per SM."""
+    assert triton_scan._time_segments(6085, 46.5, False) == 1
     monkeypatch.setattr(triton_scan, "SPLIT_IN_TIME", True)
-    assert triton_scan._time_segments(6085, 11.6, False) == (1, 6085)  # Vim-Ti 1248, batch 64: a full wave
-    n_seg, per = triton_scan._time_segments(6085, 1.45, False)  # batch 8
-    assert n_seg == 8 and per * n_seg >= 6085 and per * (n_seg - 1) < 6085
-    assert triton_scan._time_segments(6085, 0.18, False)[0] == 23  # batch 1: segments of >= 256 chunks
-    assert triton_scan._time_segments(197, 0.5, False)[0] == 1  # too short to pay for the first pass
-    assert triton_scan._time_segments(6085, 0.18, True)[0] == 1  # the interpreter: never
+    assert triton_scan._time_segments(6085, 372.4, False) == 1  # Vim-Ti 1248 pair, batch 64: whole
+    assert triton_scan._time_segments(6085, 46.5, False) == 8  # batch 8
+    assert triton_scan._config("fwd", 384, 16, 6085, False, 46.5 * 8)[4] == 1  # ... then one lane per channel
+    assert triton_scan._time_segments(6085, 5.8, False) == 23  # batch 1: segments of >= 256 steps
+    assert triton_scan._time_segments(197, 5.8, False) == 1  # too short to pay for the first pass
+    assert triton_scan._time_segments(6085, 5.8, True) == 1  # the interpreter: never
 
 
 @pytest.mark.parametrize("pass_", [1, 2])
 def test_split_passes_are_loop_carried(pass_, monkeypatch):
-    """Compiled (TTIR, sm_90), the split forward's loops carry what they accumulate: PASS 1 the state and the
-    dt sum, PASS 2 the composed entry state into the step loop (a start value shared between two carried
-    variables hides one of them from Triton's front end: the SLIDE conv bug of session 6)."""
+    """Compiled (TTIR, sm_90) at the small-batch tile (states over 8 lanes, chunks of 2 steps), the split
+    forward's loops carry what they accumulate: PASS 1 the state and the dt sum, PASS 2 the composed entry
+    state into the step loop (a start value shared between two carried variables hides one of them from
+    Triton's front end: the SLIDE conv bug of session 6). At this tile a dt sum started narrower than dt
+    (no lane axis) failed to compile on the GPU in session 7; the interpreter broadcast it, and the NL = 1 tile
+    of the first version of this test could not see it."""
     import re
 
     from triton_helpers import compile_for_sm90
@@ -584,8 +588,8 @@ def test_split_passes_are_loop_carried(pass_, monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     triton_scan._get_kernels()
     consts = dict(HAS_D=pass_ == 2, HAS_Z=pass_ == 2, HAS_BIAS=True, HAS_ADD=False, SOFTPLUS=True, REVERSE=False,
-                  STORE_HS=False, STORE_LAST=False, HS_EVERY=1, EVEN_D=True, EVEN_N=True, PAD=False, T=1, NR=16,
-                  DR=1, W=1, NL=1, DL=32, AHEAD=1, VEC=False, BIDIR=True, TOUCH=True, A_LOG=True, PASS=pass_,
+                  STORE_HS=False, STORE_LAST=False, HS_EVERY=1, EVEN_D=True, EVEN_N=True, PAD=False, T=2, NR=2,
+                  DR=1, W=1, NL=8, DL=4, AHEAD=1, VEC=False, BIDIR=True, TOUCH=True, A_LOG=True, PASS=pass_,
                   s_ud=1, s_td=1, s_zd=1, s_od=1, s_Bn=1, s_Cn=1, s_ad=1)
     code = triton_scan._scan_fwd_kernel.__code__
     ptrs = [n for n in code.co_varnames[:code.co_argcount] if n.endswith("_ptr")]

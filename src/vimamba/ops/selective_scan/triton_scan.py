@@ -314,7 +314,7 @@ def _scan_fwd_kernel(
             hj = tl.load(segh_ptr + (seg_base + j * dim) * nstate + dn, mask=m_dn, other=0.0)
             h = tl.exp2(sdt * A2) * h + hj
     if PASS == 1:
-        dt_sum = tl.full([T, 1, DR, W, 1, DL], 0.0, tl.float32)
+        dt_sum = tl.full([T, 1, DR, W, NL, DL], 0.0, tl.float32)  # dt's shape: compiled, a carried value keeps its type
     for _i in range(0, n_mine):
         t0 = c * T
         if PAD:
@@ -420,7 +420,7 @@ def _scan_fwd_kernel(
     if PASS == 1:
         seg_row = (tl.program_id(2) * tl.num_programs(1) + pid_b * n_seg + seg) * dim
         tl.store(segh_ptr + seg_row * nstate + dn, h, mask=m_dn)
-        dt_seg = tl.reduce(dt_sum, 0, _sum_comb, keep_dims=True) + tl.full([1, 1, 1, 1, NL, 1], 0.0, tl.float32)
+        dt_seg = tl.reduce(dt_sum, 0, _sum_comb, keep_dims=True)
         tl.store(segdt_ptr + seg_row + d_x, dt_seg, mask=m_d)
     if STORE_LAST:  # (split in time: the last segment in scan order holds the final state)
         tl.store(last_ptr + pid_b * dim * nstate + dn, h, mask=m_dn & (seg == (1 - rev) * (n_seg - 1)))
@@ -852,7 +852,9 @@ def _launch_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, want_las
     fwd, _, interp = _get_kernels()
     n_dir = 2 if second is not None else 1
     rows = n_dir * batch * dim / num_sms(u.device)
-    cfg = _config("fwd", dim, nstate, length, interp, rows)
+    want_seg = _time_segments(length, rows, interp)
+    # a split grid has want_seg times the rows: its tile is the one the rule gives for that many
+    cfg = _config("fwd", dim, nstate, length, interp, rows * want_seg)
     if second is not None and not interp and _override("fwd") is None:
         # the rule's tiles for the pair were measured at one step per chunk (runs 5-8); longer chunks (which
         # the interpreter tests run) are a sweep's to choose
@@ -892,7 +894,8 @@ def _launch_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, want_las
     else:
         u_r, delta_r, A_r, B_r, C_r, D_r, bias_r, out_r = u, delta, A, B, C, D, delta_bias, out
     grid = (cdiv(dim, DR * W * DL), batch, n_dir)
-    n_seg, seg_chunks = _time_segments(n_chunks, grid[0] * grid[1] * grid[2] * W / num_sms(dev), interp)
+    seg_chunks = cdiv(n_chunks, min(want_seg, n_chunks))
+    n_seg = cdiv(n_chunks, seg_chunks)  # (no empty segment)
     grid = (grid[0], batch * n_seg, n_dir)
     # Registers: long sequences get all that one wave of the grid leaves (run 8, H200: the Vim-Ti and Vim-S
     # 1248 pairs 3.65 -> 3.14 ms); short ones keep ptxas's choice (a single scan at 128 x 197 ran 0.121 ms
@@ -941,28 +944,28 @@ def _launch_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, want_las
 
 
 # Splitting the sequence in time (two launches, see the forward kernel's PASS) is off by default until it has
-# been timed on a GPU: written without one (session 7), checked in the interpreter against the whole-sequence
-# scan. ``_CONFIG_OVERRIDE["segments"]`` forces a number of segments (1 = whole sequences) for tests and
+# been timed where it is meant to help: checked against the whole-sequence scan in the interpreter and, forced at
+# batch 64, on an H200 (session 7: 1.64x the whole sequence's time there, PASS 1 being ~2/3 of a scan). ``_CONFIG_OVERRIDE["segments"]`` forces a number of segments (1 = whole sequences) for tests and
 # sweeps; ``SPLIT_IN_TIME = True``, or ``VIMAMBA_SCAN_SPLIT=1`` in the environment at import, turns the rule
 # below on.
 SPLIT_IN_TIME = os.environ.get("VIMAMBA_SCAN_SPLIT", "0").strip() == "1"
 
 
-def _time_segments(n_chunks: int, warps_per_sm: float, interp: bool):
-    """(segments, chunks per segment) for the forward: whole sequences (1, n_chunks) unless the grid holds
-    too few warps to hide the scan's latency. The forward at Vim-Ti 1248 runs ~12 one-warp programs per SM at
-    batch 64 (its best measured point) and 1.45 at batch 8, where it is 4.4x slower per image (bench-h200-v7:
-    79.5 ms for 8 images against 134.8 for 64): the rule splits up to ~12 warps per SM, in segments of at
-    least 256 chunks, since each split costs a first pass (~2/3 of a scan) over every segment."""
+def _time_segments(length: int, rows_per_sm: float, interp: bool) -> int:
+    """How many segments to split each sequence into, for the forward (1: whole sequences).
+
+    The forward's best measured point is one lane per channel at ~384 (batch element, channel) rows per SM
+    (Vim-Ti 1248, batch 64, pair: 372; 3.05 ms, session 7). With fewer rows the tile rule spreads a channel's
+    states over lanes instead, and pays for it: at batch 8 the pair (46.5 rows per SM, 8 lanes per channel)
+    takes 2.87 ms, 94% of batch 64's time for an eighth of the work (`scan_sweep_split-h200-v8`). Splitting
+    gives the grid the rows back: segments enough for ~384 rows per SM, each of >= 256 steps (every split
+    costs a first pass of ~2/3 of a scan: PASS 1)."""
     want = _override("segments")
     if want is None:
-        if interp or not SPLIT_IN_TIME or warps_per_sm >= 6:
-            want = 1
-        else:
-            want = min(32, int(12 // max(warps_per_sm, 1e-3)), n_chunks // 256)
-    n_seg = max(1, min(int(want), n_chunks))
-    seg_chunks = cdiv(n_chunks, n_seg)
-    return cdiv(n_chunks, seg_chunks), seg_chunks
+        if interp or not SPLIT_IN_TIME or rows_per_sm >= 192:
+            return 1
+        want = min(32, round(384.0 / max(rows_per_sm, 1e-3)), length // 256)
+    return max(1, int(want))
 
 
 def _check_pair(first, second, names):
