@@ -1,11 +1,12 @@
 """The kernels' offline sm_90 compile checks, run in CI too.
 
 Those checks (registers and spills, vector widths, what the SLIDE conv window's and the split scan's loops
-carry; ``-k "compiles or loop_carried"`` in the three kernel test files) need triton imported for compilation, and on a machine without
-a GPU this suite imports it for the interpreter (conftest.py), so in this process they skip. Here they run in a
-fresh process with ``TRITON_INTERPRET=0``: Triton's front end, its GPU passes and ptxas need no GPU. The
-compiled-only bug of session 6 (SLIDE tiles right in the interpreter, wrong on the GPU) is what such a check
-catches before a device call does.
+carry; ``-k "compiles or loop_carried"`` in the three kernel test files) need triton imported for compilation,
+and on a machine without a GPU this suite imports it for the interpreter (conftest.py), so in this process they
+skip. Here they run in a fresh process with ``TRITON_INTERPRET=0``: Triton's front end, its GPU passes and ptxas
+need no GPU. The compiled-only bugs of sessions 6-7 (SLIDE tiles right in the interpreter and wrong on the GPU;
+a split-scan loop that the interpreter ran and the compiler refused) are what such checks catch before a device
+call does.
 """
 
 from __future__ import annotations

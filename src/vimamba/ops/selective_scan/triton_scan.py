@@ -893,10 +893,9 @@ def _launch_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, want_las
         out_r = out_second
     else:
         u_r, delta_r, A_r, B_r, C_r, D_r, bias_r, out_r = u, delta, A, B, C, D, delta_bias, out
-    grid = (cdiv(dim, DR * W * DL), batch, n_dir)
     seg_chunks = cdiv(n_chunks, min(want_seg, n_chunks))
     n_seg = cdiv(n_chunks, seg_chunks)  # (no empty segment)
-    grid = (grid[0], batch * n_seg, n_dir)
+    grid = (cdiv(dim, DR * W * DL), batch * n_seg, n_dir)
     # Registers: long sequences get all that one wave of the grid leaves (run 8, H200: the Vim-Ti and Vim-S
     # 1248 pairs 3.65 -> 3.14 ms); short ones keep ptxas's choice (a single scan at 128 x 197 ran 0.121 ms
     # with it and 0.146 with 168 registers; the 224 pair 0.198 against 0.193 at 80).
@@ -944,10 +943,10 @@ def _launch_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, want_las
 
 
 # Splitting the sequence in time (two launches, see the forward kernel's PASS) is off by default until it has
-# been timed where it is meant to help: checked against the whole-sequence scan in the interpreter and, forced at
-# batch 64, on an H200 (session 7: 1.64x the whole sequence's time there, PASS 1 being ~2/3 of a scan). ``_CONFIG_OVERRIDE["segments"]`` forces a number of segments (1 = whole sequences) for tests and
-# sweeps; ``SPLIT_IN_TIME = True``, or ``VIMAMBA_SCAN_SPLIT=1`` in the environment at import, turns the rule
-# below on.
+# been timed where it is meant to help: checked against the whole-sequence scan in the interpreter and, forced
+# at batch 64, on an H200 (session 7: 1.64x the whole sequence's time there, PASS 1 being ~2/3 of a scan).
+# ``_CONFIG_OVERRIDE["segments"]`` forces a number of segments (1 = whole sequences) for tests and sweeps;
+# ``SPLIT_IN_TIME = True``, or ``VIMAMBA_SCAN_SPLIT=1`` in the environment at import, turns the rule below on.
 SPLIT_IN_TIME = os.environ.get("VIMAMBA_SCAN_SPLIT", "0").strip() == "1"
 
 
@@ -957,7 +956,7 @@ def _time_segments(length: int, rows_per_sm: float, interp: bool) -> int:
     The forward's best measured point is one lane per channel at ~384 (batch element, channel) rows per SM
     (Vim-Ti 1248, batch 64, pair: 372; 3.05 ms, session 7). With fewer rows the tile rule spreads a channel's
     states over lanes instead, and pays for it: at batch 8 the pair (46.5 rows per SM, 8 lanes per channel)
-    takes 2.87 ms, 94% of batch 64's time for an eighth of the work (`scan_sweep_split-h200-v8`). Splitting
+    takes 2.87 ms, 94% of batch 64's time for an eighth of the work (results/scan_sweep_split-h200.log). Splitting
     gives the grid the rows back: segments enough for ~384 rows per SM, each of >= 256 steps (every split
     costs a first pass of ~2/3 of a scan: PASS 1)."""
     want = _override("segments")
