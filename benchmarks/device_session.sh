@@ -10,12 +10,14 @@
 #   tests:   scan_tests, split_tests, conv_tests, model_tests    sweep: sweep_v8, sweep_split, sweep_v7, sweep_v6b
 #   bench:   bench_targets, bench_graphs                profile: profile, host, first_call, ncu_fwd, ncu_bwd
 #
-# 1. GPU correctness: full-size scans (both directions, every gradient; the backward's sm_90 registers), the conv
-#    (SLIDE tiles included), the whole-model fast-vs-reference comparison;   2. the v7 (two-direction backward)
-#    and v6b scan sweeps, the forward split in time at small batches;   3. `vimamba bench` at the target sizes, and at 224 with CUDA graphs;   4. the per-kernel profile, printing which
-#    conv tile the autotuner took;   5. the training step's host time (host_overhead.py --train);   6. the first
-#    call's compile/autotune seconds (first_call.py);   7. Nsight Compute's stall reasons for the 1248 pair's
-#    forward and for the two-direction backward at the training size (Vim-Ti 224, batch 128).
+# 1. GPU correctness: full-size scans (both directions, every gradient; the backward's sm_90 registers), the
+#    forward split in time, the conv (SLIDE tiles included), the whole-model fast-vs-reference comparison;
+#    2. scan sweeps: v8 (two channels per thread in the backward), the forward split in time at small batches,
+#    v7 (two-direction backward), v6b;   3. `vimamba bench` at the target sizes, and at 224 with CUDA graphs;
+#    4. the per-kernel profile, printing which conv tile the autotuner took;   5. the training step's host
+#    time (host_overhead.py --train);   6. the first call's compile/autotune seconds (first_call.py);
+#    7. Nsight Compute's stall reasons for the 1248 pair's forward and for the two-direction backward at the
+#    training size (Vim-Ti 224, batch 128).
 # Needs the project on PYTHONPATH (set here) and nothing installed.
 set -u
 out=${1:?usage: device_session.sh OUTDIR TAG}

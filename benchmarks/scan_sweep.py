@@ -194,15 +194,16 @@ def sweep_bidir(variants=None):
 def sweep_split_in_time(problems=((1, 384, 6085), (2, 384, 6085), (8, 384, 6085), (8, 768, 6085),
                                    (64, 384, 6085))):
     """The forward pair (no grad) split in time (session 7, the forward kernel's PASS 1 + 2) at small batches
-    of Vim-Ti/Vim-S 1248, where one program per row leaves the GPU short of warps (batch 64 as the control,
-    which the rule leaves whole): whole sequences, the rule's split (SPLIT_IN_TIME on) and forced counts of
-    segments, each against the whole-sequence output."""
+    of Vim-Ti/Vim-S 1248, which give the grid few rows per SM (batch 64 as the control, which the rule leaves
+    whole): whole sequences, the rule's split (SPLIT_IN_TIME on) and forced counts of segments (each with the
+    tile the rule gives the split grid), each against the whole-sequence output."""
     import triton
 
     from vimamba.ops.selective_scan.triton_scan import selective_scan_bidir_triton
 
     keys = ("u", "delta", "A", "B", "C", "D", "delta_bias")
     rows = []
+    split_on = triton_scan.SPLIT_IN_TIME
     for batch, dim, length in problems:
         a = _inputs(batch, dim, 16, length, torch.bfloat16, time_major=True, device="cuda", seed=1)
         b = _inputs(batch, dim, 16, length, torch.bfloat16, time_major=True, device="cuda", seed=2)
@@ -228,7 +229,7 @@ def sweep_split_in_time(problems=((1, 384, 6085), (2, 384, 6085), (8, 384, 6085)
                          "ms": ms, "gsteps": 2 * batch * dim * 16 * length / ms / 1e6, "rel_diff": err})
             print(rows[-1], flush=True)
         triton_scan._CONFIG_OVERRIDE = None
-        triton_scan.SPLIT_IN_TIME = False
+        triton_scan.SPLIT_IN_TIME = split_on
     return rows
 
 
