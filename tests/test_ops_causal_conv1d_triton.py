@@ -312,9 +312,10 @@ def test_pair_refuses_mismatched_weights():
 
 
 # --------------------------------------------------------------------------------------------------------
-# The forward's SLIDE tiles (one thread per channel walking the steps with a window of x in registers), which
-# the autotuner may pick for channel-contiguous x: forced here, small tiles so that several programs share
-# each sequence (the three-step halos at their edges), both layouts, every width, one conv and the pair.
+# The forward's SLIDE tiles (one thread per channel walking the steps with a window of x in registers), for
+# channel-contiguous x (see _tiles_fwd for when the autotuner gets them): forced here, small tiles so that
+# several programs share each sequence (the three-step halos at their edges), both layouts, every width, one
+# conv and the pair.
 # --------------------------------------------------------------------------------------------------------
 
 @pytest.fixture

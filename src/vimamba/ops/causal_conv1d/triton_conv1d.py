@@ -378,9 +378,10 @@ def _tiles_fwd(l_contig: bool):
     2-D tiles: 8-16 elements per thread, 56-98 registers on sm_90 (Triton 3.8, width 4, SiLU), no spills.
     The SLIDE tiles (one channel per thread walking BLOCK_L steps with a window of x in registers, 30
     registers) are not offered yet: compiled, they were wrong until session 7 (the window was not
-    loop-carried, see the kernel), and the fix has not run on a GPU. They stay reachable through
-    _FWD_TILE_OVERRIDE for their tests; once those pass on a GPU, (128, 64, 4, True) and (256, 64, 4, True)
-    go back after the channel-contiguous 2-D tiles."""
+    loop-carried, see the kernel); with the fix, the two failing cases an H200 reached pass, the rest of the
+    conv tests did not run (time limit). They stay reachable through _FWD_TILE_OVERRIDE for their tests; once
+    all pass on a GPU, (128, 64, 4, True) and (256, 64, 4, True) go back after the channel-contiguous 2-D
+    tiles (offered to the autotuner, they gave Vim-Ti 0.81x and Vim-S 0.84x DeiT at 1248: bench-h200-v8-slide)."""
     if l_contig:  # steps contiguous: long rows along L
         return [(4, 256, 4, False), (8, 128, 4, False), (8, 256, 8, False)]
     return [(64, 16, 4, False), (32, 32, 4, False), (128, 16, 8, False)]  # channels contiguous: wide along D
