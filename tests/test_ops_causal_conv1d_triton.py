@@ -22,7 +22,7 @@ Weight and bias gradients are accumulated in fp32 in every case and returned in 
 import pytest
 import torch
 from triton_helpers import (  # noqa: F401 - heuristic_configs is an autouse fixture
-    DEVICE, DTYPES, INTERPRETED, LENGTHS, TOL, compile_for_sm90, heuristic_configs, rel_err)
+    DEVICE, DTYPES, INTERPRETED, LENGTHS, TOL, compile_for_sm90, heuristic_configs, loop_iter_args, rel_err)
 
 from vimamba.ops.causal_conv1d.reference import causal_conv1d_ref
 from vimamba.ops.causal_conv1d.triton_conv1d import HAS_TRITON, causal_conv1d_triton
@@ -391,7 +391,7 @@ def test_slide_window_is_loop_carried(pair, reverse):
         dict(W=4, REVERSE=reverse, HAS_BIAS=True, SILU=True, PAIR=pair, SLIDE=True, BLOCK_D=128, BLOCK_L=64,
              stride_xd=1, stride_od=1),
         list(types), asm="ttir")
-    loops = re.findall(r"scf\.for .*iter_args\((.*?)\) ->", ttir)
+    loops = loop_iter_args(ttir)
     assert len(loops) == 1, loops
     carried = [name for name in ("x1", "x2", "x3") if re.search(rf"%{name} = ", loops[0])]
     assert carried == ["x1", "x2", "x3"], f"the loop carries only {carried} of the window: {loops[0]}"

@@ -481,7 +481,7 @@ def test_backward_compiles_for_hopper_within_its_registers(bidir, monkeypatch):
     and (one direction) nothing on the stack; the two-direction kernel may keep a few pointers there (it did at
     a 128 cap: reloaded once per segment, outside the step loops), so only its size is bounded. Runs where triton is imported
     before the interpreter is switched on (a GPU machine; see triton_helpers)."""
-    from triton_helpers import compile_for_sm90, sass_resources
+    from triton_helpers import compile_for_sm90, pointer_types, sass_resources
 
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     triton_scan._get_kernels()  # the helpers the kernel calls, jitted for compilation (the next call resets them)
@@ -490,12 +490,10 @@ def test_backward_compiles_for_hopper_within_its_registers(bidir, monkeypatch):
     consts = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, REVERSE=False, HAS_DLAST=False,
                   ATOMIC_BC=False, EVEN_D=True, EVEN_N=True, PAD=True, K=K, TA=4, T=T, NR=NR, DR=DR, W=W, NL=NL,
                   DL=DL, BIDIR=bidir, s_ud=1, s_td=1, s_zd=1, s_Bn=1, s_Cn=1, s_gd=1, s_xd=1, s_pn=1)
-    fp32 = ("A", "D", "bias", "hs", "dlast", "scr", "dA", "dD", "dbias", "dB", "dC")
-    names = triton_scan._scan_bwd_kernel.__code__.co_varnames[:triton_scan._scan_bwd_kernel.__code__.co_argcount]
-    ptrs = [n for n in names if n.endswith("_ptr")]
-    types = {n: "*fp32" if n.startswith(fp32) else "*bf16" for n in ptrs}
+    types = pointer_types(triton_scan._scan_bwd_kernel,
+                          ("A", "D", "bias", "hs", "dlast", "scr", "dA", "dD", "dbias", "dB", "dC"))
     cap = triton_scan._BWD_REGISTERS
-    cubin = compile_for_sm90(triton_scan._scan_bwd_kernel, types, consts, ptrs, num_warps=W,
+    cubin = compile_for_sm90(triton_scan._scan_bwd_kernel, types, consts, list(types), num_warps=W,
                              options={"maxnreg": cap}, asm="cubin")
     res = sass_resources(cubin)
     assert res["REG"] <= cap
@@ -583,7 +581,7 @@ def test_split_passes_are_loop_carried(pass_, monkeypatch):
     of the first version of this test could not see it."""
     import re
 
-    from triton_helpers import compile_for_sm90
+    from triton_helpers import compile_for_sm90, loop_iter_args, pointer_types
 
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     triton_scan._get_kernels()
@@ -591,12 +589,9 @@ def test_split_passes_are_loop_carried(pass_, monkeypatch):
                   STORE_HS=False, STORE_LAST=False, HS_EVERY=1, EVEN_D=True, EVEN_N=True, PAD=False, T=2, NR=2,
                   DR=1, W=1, NL=8, DL=4, AHEAD=1, VEC=False, BIDIR=True, TOUCH=True, A_LOG=True, PASS=pass_,
                   s_ud=1, s_td=1, s_zd=1, s_od=1, s_Bn=1, s_Cn=1, s_ad=1)
-    code = triton_scan._scan_fwd_kernel.__code__
-    ptrs = [n for n in code.co_varnames[:code.co_argcount] if n.endswith("_ptr")]
-    fp32 = ("A", "D", "bias", "last", "hs", "seg")
-    types = {n: "*fp32" if n.startswith(fp32) else "*bf16" for n in ptrs}
-    ttir = compile_for_sm90(triton_scan._scan_fwd_kernel, types, consts, ptrs, asm="ttir")
-    loops = re.findall(r"scf\.for .*iter_args\((.*?)\) ->", ttir)
+    types = pointer_types(triton_scan._scan_fwd_kernel, ("A", "D", "bias", "last", "hs", "seg"))
+    ttir = compile_for_sm90(triton_scan._scan_fwd_kernel, types, consts, list(types), asm="ttir")
+    loops = loop_iter_args(ttir)
     step_loop = loops[-1]  # the loop over the segment's chunks
     assert re.search(r"%h\w* = ", step_loop), step_loop
     if pass_ == 1:

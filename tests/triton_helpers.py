@@ -62,6 +62,22 @@ def compile_for_sm90(fn, types, constexprs, aligned, num_warps=4, options=None, 
     return triton.compile(source, target=target, options={"num_warps": num_warps, **(options or {})}).asm[asm]
 
 
+def pointer_types(fn, fp32_prefixes) -> dict:
+    """Triton types of a kernel's pointer arguments for compile_for_sm90: fp32 for the names starting with one
+    of ``fp32_prefixes``, bf16 for the rest."""
+    code = fn.__code__
+    ptrs = [n for n in code.co_varnames[:code.co_argcount] if n.endswith("_ptr")]
+    return {n: "*fp32" if n.startswith(tuple(fp32_prefixes)) else "*bf16" for n in ptrs}
+
+
+def loop_iter_args(ttir: str) -> list:
+    """The ``iter_args(...)`` list of each ``scf.for`` in Triton IR, in program order: what each loop carries
+    (``%name = %start`` per carried value)."""
+    import re
+
+    return re.findall(r"scf\.for .*iter_args\((.*?)\) ->", ttir)
+
+
 def sass_resources(cubin: bytes) -> dict:
     """Registers and stack bytes per thread of a compiled kernel, read by the cuobjdump that Triton ships."""
     import re
