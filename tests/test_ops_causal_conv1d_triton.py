@@ -313,7 +313,7 @@ def test_pair_refuses_mismatched_weights():
 
 # --------------------------------------------------------------------------------------------------------
 # The forward's SLIDE tiles (one thread per channel walking the steps with a window of x in registers), for
-# channel-contiguous x (see _tiles_fwd for when the autotuner gets them): forced here, small tiles so that
+# channel-contiguous x (the autotuner offers two of them, see _tiles_fwd): forced here, small tiles so that
 # several programs share each sequence (the three-step halos at their edges), both layouts, every width, one
 # conv and the pair.
 # --------------------------------------------------------------------------------------------------------

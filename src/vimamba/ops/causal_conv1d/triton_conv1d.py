@@ -35,7 +35,7 @@ equal to 1, so accesses vectorise (16 bytes) along whichever of the two dimensio
 where sizes and alignment allow, and the tile shape is picked for that case. Loads shifted along a
 contiguous length dimension, and the stores of length-contiguous rows when the length is not a multiple of
 the vector (Vim's 197), stay scalar but coalesced across the warp. Widths 1 to 4. For channel-contiguous x
-the forward also has SLIDE tiles (see _tiles_fwd for when the autotuner gets them): one thread per channel
+the forward also has SLIDE tiles (offered to the autotuner beside the 2-D ones): one thread per channel
 walks a run of steps in order with the last four x values in registers, so x is loaded once per step instead
 of once per tap (66 SASS instructions per step for the pair, both outputs, against ~39 per output of the 2-D
 tile; offline sm_90 compile).
@@ -376,15 +376,15 @@ def _tiles_fwd(l_contig: bool):
     """Candidate (BLOCK_D, BLOCK_L, num_warps, SLIDE) for the forward kernel, the heuristic choice first.
 
     2-D tiles: 8-16 elements per thread, 56-98 registers on sm_90 (Triton 3.8, width 4, SiLU), no spills.
-    The SLIDE tiles (one channel per thread walking BLOCK_L steps with a window of x in registers, 30
-    registers) are not offered yet: compiled, they were wrong until session 7 (the window was not
-    loop-carried, see the kernel); with the fix, the two failing cases an H200 reached pass, the rest of the
-    conv tests did not run (time limit). They stay reachable through _FWD_TILE_OVERRIDE for their tests; once
-    all pass on a GPU, (128, 64, 4, True) and (256, 64, 4, True) go back after the channel-contiguous 2-D
-    tiles (offered to the autotuner, they gave Vim-Ti 0.81x and Vim-S 0.84x DeiT at 1248: bench-h200-v8-slide)."""
+    SLIDE tiles (channels contiguous only): one channel per thread walking BLOCK_L steps with a window of x in
+    registers (30 registers). Compiled, they were wrong until session 7 (the window was not loop-carried, see
+    the kernel); since the fix the whole conv test file passes on an H200 (session 8:
+    gpu_conv_tests_v9-h200.log), and offered to the autotuner they gave Vim-Ti 0.81x and Vim-S 0.84x DeiT at
+    1248 where the 2-D tiles gave 0.75x and 0.72x (bench-h200-v8-slide, bench-h200-v7)."""
     if l_contig:  # steps contiguous: long rows along L
         return [(4, 256, 4, False), (8, 128, 4, False), (8, 256, 8, False)]
-    return [(64, 16, 4, False), (32, 32, 4, False), (128, 16, 8, False)]  # channels contiguous: wide along D
+    # channels contiguous: wide along D, or one channel per thread along L
+    return [(64, 16, 4, False), (32, 32, 4, False), (128, 16, 8, False), (128, 64, 4, True), (256, 64, 4, True)]
 
 
 def _tile_l_bwd(l_contig: bool) -> int:
