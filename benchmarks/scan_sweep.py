@@ -320,6 +320,21 @@ def profile_model(name, img_size, batch, train):
                 "kernels": kernels}
 
 
+def print_table(rows):
+    """The best eight timed variants of each problem as a markdown table (a split sweep's rows name their
+    segments instead of a tile)."""
+    ok = [r for r in rows if "ms" in r]
+    print("\n| pass | batch | dim | length | tile | ms | bwd ms | G steps/s | rel. diff to 1st |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    key = lambda r: (r["pass_"], r["batch"], r.get("dim", 384), r["length"])  # noqa: E731
+    for (pss, b, d, ln), grp in itertools.groupby(ok, key=key):
+        for r in sorted(grp, key=lambda r: r["ms"])[:8]:
+            bwd = f"{r['bwd_ms']:.3f}" if "bwd_ms" in r else ""
+            variant = r["tile"] if "tile" in r else f"{r['segments']} segments"
+            print(f"| {pss} | {b} | {d} | {ln} | {variant} | {r['ms']:.3f} | {bwd} | {r['gsteps']:.0f} "
+                  f"| {r['rel_diff']:.1e} |")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", help="JSON file for the results (required but with --one-fwd/--one-bidir)")
@@ -485,16 +500,7 @@ def main():
         problems = [(64, 6085), (128, 197), (8, 6085)]
         report["sweep"] = sweep(problems[:2], fwd, bwd) + sweep(problems[2:], fwd, [])
     if "sweep" in report:
-        ok = [r for r in report["sweep"] if "ms" in r]
-        print("\n| pass | batch | dim | length | tile | ms | bwd ms | G steps/s | rel. diff to 1st |")
-        print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-        key = lambda r: (r["pass_"], r["batch"], r.get("dim", 384), r["length"])  # noqa: E731
-        for (pss, b, d, ln), grp in itertools.groupby(ok, key=key):
-            grp = sorted(grp, key=lambda r: r["ms"])
-            for r in grp[:8]:  # the best eight of each problem
-                bwd = f"{r['bwd_ms']:.3f}" if "bwd_ms" in r else ""
-                print(f"| {pss} | {b} | {d} | {ln} | {r['tile']} | {r['ms']:.3f} | {bwd} | {r['gsteps']:.0f} "
-                      f"| {r['rel_diff']:.1e} |")
+        print_table(report["sweep"])
     save()
 
 

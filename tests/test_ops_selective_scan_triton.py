@@ -559,16 +559,19 @@ def test_bidir_split_in_time_in_place(monkeypatch):
 
 
 def test_split_rule(monkeypatch):
-    """Off by default; when on, split only grids short of rows (the tile rule would spread states over lanes),
-    into segments of >= 256 steps, enough for the one-lane tile's ~384 rows per SM."""
-    assert triton_scan._time_segments(6085, 46.5, False) == 1
+    """On by default; splits only grids short of rows (where the tile rule would spread states over lanes),
+    into the power of two of segments nearest ~768 rows per SM, each of >= 192 steps."""
     monkeypatch.setattr(triton_scan, "SPLIT_IN_TIME", True)
     assert triton_scan._time_segments(6085, 372.4, False) == 1  # Vim-Ti 1248 pair, batch 64: whole
-    assert triton_scan._time_segments(6085, 46.5, False) == 8  # batch 8
-    assert triton_scan._config("fwd", 384, 16, 6085, False, 46.5 * 8)[4] == 1  # ... then one lane per channel
-    assert triton_scan._time_segments(6085, 5.8, False) == 23  # batch 1: segments of >= 256 steps
+    assert triton_scan._time_segments(6085, 186.2, False) == 1  # batch 32: not measured, left whole
+    assert triton_scan._time_segments(6085, 46.5, False) == 16  # batch 8 (the best measured: 0.65 ms)
+    assert triton_scan._time_segments(6085, 93.1, False) == 8  # Vim-S batch 8 (1.26 ms)
+    assert triton_scan._config("fwd", 384, 16, 6085, False, 46.5 * 16)[4] == 1  # ... then one lane per channel
+    assert triton_scan._time_segments(6085, 5.8, False) == 31  # batch 1: segments of >= 192 steps
     assert triton_scan._time_segments(197, 5.8, False) == 1  # too short to pay for the first pass
     assert triton_scan._time_segments(6085, 5.8, True) == 1  # the interpreter: never
+    monkeypatch.setattr(triton_scan, "SPLIT_IN_TIME", False)  # VIMAMBA_SCAN_SPLIT=0
+    assert triton_scan._time_segments(6085, 5.8, False) == 1
 
 
 @pytest.mark.parametrize("pass_", [1, 2])

@@ -942,28 +942,29 @@ def _launch_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, want_las
     return out, last, hs[0], seg
 
 
-# Splitting the sequence in time (two launches, see the forward kernel's PASS) is off by default until it has
-# been timed where it is meant to help: checked against the whole-sequence scan in the interpreter and, forced
-# at batch 64, on an H200 (session 7: 1.64x the whole sequence's time there, PASS 1 being ~2/3 of a scan).
-# ``_CONFIG_OVERRIDE["segments"]`` forces a number of segments (1 = whole sequences) for tests and sweeps;
-# ``SPLIT_IN_TIME = True``, or ``VIMAMBA_SCAN_SPLIT=1`` in the environment at import, turns the rule below on.
-SPLIT_IN_TIME = os.environ.get("VIMAMBA_SCAN_SPLIT", "0").strip() == "1"
+# Splitting the sequence in time (two launches, see the forward kernel's PASS) for grids short of rows: on by
+# default since session 8 (H200, `results/scan_sweep_split_v9-h200.log`: the Vim-Ti 1248 pair at batch 1 2.48 ->
+# 0.29 ms, batch 2 2.53 -> 0.24, batch 8 2.93 -> 0.65, Vim-S batch 8 2.64 -> 1.26; every split agrees with the
+# whole sequence to 1.5e-5). ``VIMAMBA_SCAN_SPLIT=0`` in the environment at import, or ``SPLIT_IN_TIME = False``,
+# turns it off; ``_CONFIG_OVERRIDE["segments"]`` forces a number of segments (1 = whole sequences) for tests and
+# sweeps.
+SPLIT_IN_TIME = os.environ.get("VIMAMBA_SCAN_SPLIT", "1").strip() != "0"
 
 
 def _time_segments(length: int, rows_per_sm: float, interp: bool) -> int:
     """How many segments to split each sequence into, for the forward (1: whole sequences).
 
-    The forward's best measured point is one lane per channel at ~384 (batch element, channel) rows per SM
-    (Vim-Ti 1248, batch 64, pair: 372; 3.05 ms, session 7). With fewer rows the tile rule spreads a channel's
-    states over lanes instead, and pays for it: at batch 8 the pair (46.5 rows per SM, 8 lanes per channel)
-    takes 2.87 ms, 94% of batch 64's time for an eighth of the work (results/scan_sweep_split-h200.log). Splitting
-    gives the grid the rows back: segments enough for ~384 rows per SM, each of >= 256 steps (every split
-    costs a first pass of ~2/3 of a scan: PASS 1)."""
+    Without a split, a grid short of (batch element, channel) rows gets few warps: the tile rule spreads each
+    channel's states over lanes, and the pair at batch 8 (46.5 rows per SM) took 2.93 ms, 93% of batch 64's
+    time for an eighth of the work. Every split costs a first pass of ~2/3 of a scan (PASS 1: forced at batch
+    64, 372 rows per SM, 1.6x the whole sequence), so only grids under 128 rows per SM are split, into the
+    power of two of segments nearest ~768 rows per SM (the best of 2-32 segments measured at batch 8 with 384
+    and with 768 channels), each of >= 192 steps. Between 128 and 372 rows per SM nothing was measured."""
     want = _override("segments")
     if want is None:
-        if interp or not SPLIT_IN_TIME or rows_per_sm >= 192:
+        if interp or not SPLIT_IN_TIME or rows_per_sm >= 128:
             return 1
-        want = min(32, round(384.0 / max(rows_per_sm, 1e-3)), length // 256)
+        want = min(32, 1 << max(0, round(math.log2(768.0 / max(rows_per_sm, 1e-3)))), length // 192)
     return max(1, int(want))
 
 
