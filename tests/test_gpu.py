@@ -33,10 +33,14 @@ def _run(model, images, backend, monkeypatch):
     ("vim_tiny_patch16_224", 1248, 1),
     ("vim_small_patch16_224", 224, 128),
 ])
-def test_whole_model_fast_path_matches_reference(name, img_size, batch, monkeypatch):
+@pytest.mark.parametrize("fused_proj", [False, True], ids=["cublas-proj", "fused-proj"])
+def test_whole_model_fast_path_matches_reference(name, img_size, batch, fused_proj, monkeypatch):
     import timm
 
     import vimamba  # noqa: F401
+    from vimamba.ops import ssm_proj
+
+    monkeypatch.setattr(ssm_proj, "FUSED_BY_DEFAULT", fused_proj)
 
     torch.manual_seed(0)
     model = timm.create_model(name, img_size=img_size).cuda()

@@ -1,7 +1,7 @@
 """The kernels' offline sm_90 compile checks, run in CI too.
 
 Those checks (registers and spills, vector widths, what the SLIDE conv window's and the split scan's loops
-carry; ``-k "compiles or loop_carried"`` in the three kernel test files) need triton imported for compilation,
+carry; ``-k "compiles or loop_carried"`` in the four kernel test files) need triton imported for compilation,
 and on a machine without a GPU this suite imports it for the interpreter (conftest.py), so in this process they
 skip. Here they run in a fresh process with ``TRITON_INTERPRET=0``: Triton's front end, its GPU passes and ptxas
 need no GPU. The compiled-only bugs of sessions 6-7 (SLIDE tiles right in the interpreter and wrong on the GPU;
@@ -22,7 +22,7 @@ pytest.importorskip("triton")
 
 ROOT = Path(__file__).resolve().parent.parent
 FILES = ["tests/test_ops_selective_scan_triton.py", "tests/test_ops_rms_norm_triton.py",
-         "tests/test_ops_causal_conv1d_triton.py"]
+         "tests/test_ops_causal_conv1d_triton.py", "tests/test_ops_ssm_proj_triton.py"]
 
 
 def test_compile_checks_pass_in_a_compiling_process():

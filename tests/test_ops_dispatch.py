@@ -102,7 +102,11 @@ def _logits_and_grads(model, images, backend, monkeypatch):
     return logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
 
 
-def test_whole_model_triton_path_matches_reference(monkeypatch):
+@pytest.mark.parametrize("fused_proj", [False, True], ids=["cublas-proj", "fused-proj"])
+def test_whole_model_triton_path_matches_reference(fused_proj, monkeypatch):
+    from vimamba.ops import ssm_proj
+
+    monkeypatch.setattr(ssm_proj, "FUSED_BY_DEFAULT", fused_proj)
     model = tiny_vim()
     images = torch.randn(2, 3, 32, 32)
     fast, fast_grads = _logits_and_grads(model, images, "triton", monkeypatch)
@@ -119,6 +123,9 @@ def test_whole_model_triton_path_matches_reference(monkeypatch):
 
 
 def test_torch_compile_keeps_one_graph(monkeypatch):
+    from vimamba.ops import ssm_proj
+
+    monkeypatch.setattr(ssm_proj, "FUSED_BY_DEFAULT", True)  # every kernel of the model in the graph
     monkeypatch.setenv("VIMAMBA_BACKEND", "triton")
     model = tiny_vim().eval()
     images = torch.randn(2, 3, 32, 32)

@@ -15,6 +15,8 @@ from .causal_conv1d import causal_conv1d_ref
 from .dispatch import BACKENDS, resolve_backend, triton_available
 from .rms_norm import add_rms_norm_ref, rms_norm_ref
 from .selective_scan import selective_scan_bidir_ref, selective_scan_ref
+from . import ssm_proj
+from .ssm_proj import ssm_projections_ref
 
 __all__ = [
     "BACKENDS",
@@ -30,6 +32,8 @@ __all__ = [
     "selective_scan_bidir_ref",
     "selective_scan_fn",
     "selective_scan_ref",
+    "ssm_projections_fn",
+    "ssm_projections_ref",
     "triton_available",
 ]
 
@@ -160,3 +164,42 @@ def add_rms_norm(
 
         return add_rms_norm_triton(x, residual, weight, eps, residual_in_fp32)
     return add_rms_norm_ref(x, residual, weight, eps, residual_in_fp32)
+
+
+def ssm_projections_fn(
+    u: torch.Tensor,
+    x_proj_weight: torch.Tensor,
+    dt_proj_weight: torch.Tensor,
+    second: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+    *,
+    backend: str | None = None,
+):
+    """A scan's input-dependent parameters from its conv output ``u`` (batch, channels, length): ``(x_dbl,
+    delta)`` with ``x_dbl = u^T x_proj_weight^T`` (batch, length, dt_rank + 2 * d_state: dt, B, C) and ``delta =
+    dt dt_proj_weight^T`` (batch, channels, length), as ``ssm_projections_ref`` computes them. ``second``: another
+    direction's ``(u, x_proj_weight, dt_proj_weight)`` of the same shapes; both pairs are returned, and from the
+    Triton kernel they come from one launch.
+
+    The fused kernel is taken by ``backend="triton"``, and by the automatic choice only where
+    ``vimamba.ops.ssm_proj.FUSED_BY_DEFAULT`` (``VIMAMBA_FUSED_PROJ=1``) says so: it has not run on a GPU yet.
+    It computes in u's dtype (the weights cast to it, as autocast casts them for the reference's
+    ``F.linear``); where the reference would not (autocast to another dtype; weights of another dtype without
+    autocast) the call runs the reference."""
+    def ref():
+        first = ssm_projections_ref(u, x_proj_weight, dt_proj_weight)
+        return first if second is None else (first, ssm_projections_ref(*second))
+
+    if resolve_backend(u, backend) != "triton" or (backend is None and not ssm_proj.FUSED_BY_DEFAULT):
+        return ref()
+    # the kernel computes in u's dtype: what the reference does under autocast to that dtype, or without
+    # autocast when the weights have it too
+    device_type = u.device.type
+    if torch.is_autocast_enabled(device_type):
+        same_rule = torch.get_autocast_dtype(device_type) == u.dtype
+    else:
+        same_rule = x_proj_weight.dtype == u.dtype and dt_proj_weight.dtype == u.dtype
+    if not same_rule:
+        return ref()
+    from .ssm_proj.triton_ssm_proj import ssm_projections_triton
+
+    return ssm_projections_triton(u, x_proj_weight, dt_proj_weight, second)
