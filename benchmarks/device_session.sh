@@ -4,20 +4,24 @@
 #
 #     bash benchmarks/device_session.sh OUTDIR TAG [PARTS]   # e.g. bash benchmarks/device_session.sh "$OUT" h200
 #
-# PARTS: comma-separated groups or single steps (default: all four groups). All of them took ~11 minutes on an
-# H200 before the v7 sweep (up to 2 more), more than one 10-minute device call: e.g. "tests,sweep" in one call
-# and "bench,profile" in the next, or single steps when device time is short.
-#   tests:   scan_tests, split_tests, conv_tests, model_tests    sweep: sweep_v8, sweep_split, sweep_v7, sweep_v6b
-#   bench:   bench_targets, bench_graphs                profile: profile, host, first_call, ncu_fwd, ncu_bwd
+# PARTS: comma-separated groups or single steps (default: all four groups; more than one 10-minute device call
+# holds, so name steps). The device tool brings back at most 8 files: end a call by packing $OUT into one archive
+# (session 8 lost its profile and ncu files to that limit).
+#   tests:   scan_tests, split_tests, conv_tests, proj_tests, model_tests
+#   sweep:   sweep_proj, sweep_v8, sweep_split, sweep_v7, sweep_v6b
+#   bench:   bench_targets, bench_fused, bench_graphs      profile: kernel_profile, host, first_call, ncu_fwd, ncu_bwd
+# The next call (session 8 could not make it: no device lent), ~6 minutes on a fresh machine:
+#   for p in proj_tests model_tests sweep_proj bench_targets bench_fused kernel_profile first_call; do ...; done
 #
 # 1. GPU correctness: full-size scans (both directions, every gradient; the backward's sm_90 registers), the
-#    forward split in time, the conv (SLIDE tiles included), the whole-model fast-vs-reference comparison;
-#    2. scan sweeps: v8 (two channels per thread in the backward), the forward split in time at small batches,
-#    v7 (two-direction backward), v6b;   3. `vimamba bench` at the target sizes, and at 224 with CUDA graphs;
-#    4. the per-kernel profile, printing which conv tile the autotuner took;   5. the training step's host
-#    time (host_overhead.py --train);   6. the first call's compile/autotune seconds (first_call.py);
-#    7. Nsight Compute's stall reasons for the 1248 pair's forward and for the two-direction backward at the
-#    training size (Vim-Ti 224, batch 128).
+#    forward split in time, the conv (SLIDE tiles included), the fused projections, the whole-model
+#    fast-vs-reference comparison (with and without the fused projections);   2. sweeps: the fused projections
+#    against cuBLAS, v8 (two channels per thread in the backward), the forward split in time at small batches,
+#    v7 (two-direction backward), v6b;   3. `vimamba bench` at the target sizes (as shipped, and with the fused
+#    projections on), and at 224 with CUDA graphs;   4. the per-kernel profile, printing which conv tile the
+#    autotuner took;   5. the training step's host time (host_overhead.py --train);   6. the first call's
+#    compile/autotune seconds (first_call.py);   7. Nsight Compute's stall reasons for the 1248 pair's forward
+#    and for the two-direction backward at the training size (Vim-Ti 224, batch 128).
 # Needs the project on PYTHONPATH (set here) and nothing installed.
 set -u
 out=${1:?usage: device_session.sh OUTDIR TAG}
@@ -35,6 +39,15 @@ step() {  # step SECONDS LOGNAME COMMAND...: run with a time limit, log to OUTDI
 want() {  # want STEP GROUP: the step was asked for by name or through its group
     [[ $parts == *",$1,"* || $parts == *",$2,"* ]]
 }
+# SCAN_OVERRIDE (JSON, optional): selective-scan options that are not the default yet (entries of triton_scan's
+# _CONFIG_OVERRIDE, e.g. '{"touch": false}'), set for the benches and the profile
+if [[ -n ${SCAN_OVERRIDE:-} ]]; then
+    run=(python benchmarks/_override_run.py "$SCAN_OVERRIDE")
+    cli=("${run[@]}")
+else
+    run=(python)
+    cli=(python -m vimamba)
+fi
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,driver_version --format=csv > "$out/gpu-$tag.txt" 2>&1
 if want scan_tests tests; then
     step 260 "gpu_scan_tests-$tag.log" python -m pytest -q -p no:cacheprovider -m gpu \
@@ -49,8 +62,14 @@ if want conv_tests tests; then
     step 300 "gpu_conv_tests-$tag.log" python -m pytest -q -p no:cacheprovider tests/test_ops_causal_conv1d_triton.py \
         -k "slide or pair or autotuned or model_case"
 fi
+if want proj_tests tests; then
+    step 120 "gpu_proj_tests-$tag.log" python -m pytest -q -p no:cacheprovider tests/test_ops_ssm_proj_triton.py
+fi
 if want model_tests tests; then
-    step 150 "gpu_tests-$tag.log" python -m pytest -q -p no:cacheprovider -m gpu tests/test_gpu.py
+    step 240 "gpu_tests-$tag.log" python -m pytest -q -p no:cacheprovider -m gpu tests/test_gpu.py
+fi
+if want sweep_proj sweep; then
+    step 120 "proj_sweep-$tag.log" python benchmarks/proj_sweep.py --out "$out/proj_sweep-$tag.json"
 fi
 if want sweep_v8 sweep; then
     step 150 "scan_sweep_v8-$tag.log" python benchmarks/scan_sweep.py --grid v8 --out "$out/scan_sweep_v8-$tag.json"
@@ -66,18 +85,21 @@ if want sweep_split sweep; then
         --out "$out/scan_sweep_split-$tag.json"
 fi
 if want bench_targets bench; then
-    # the forward split in time on (VIMAMBA_SCAN_SPLIT=1): its rule leaves the target sizes whole and splits the
-    # 1248, batch 8 rows (the whole-sequence figures of those are in bench-h200-v7)
-    step 300 "bench-$tag-targets.log" env VIMAMBA_SCAN_SPLIT=1 python -m vimamba bench --models vim_tiny deit_tiny_sdpa vim_small deit_small_sdpa \
+    step 300 "bench-$tag-targets.log" "${cli[@]}" bench --models vim_tiny deit_tiny_sdpa vim_small deit_small_sdpa \
         --img-size 224 1248 --output "$out" --tag "$tag-targets"
+fi
+if want bench_fused bench; then
+    # the target rows with the fused x_proj/dt_proj kernel on (off by default until this has run)
+    step 300 "bench-$tag-fused.log" env VIMAMBA_FUSED_PROJ=1 "${cli[@]}" bench --models vim_tiny deit_tiny_sdpa \
+        vim_small deit_small_sdpa --img-size 224 1248 --output "$out" --tag "$tag-fused"
 fi
 if want bench_graphs bench; then
     # the 224 rows again with both models replayed from CUDA graphs, the training step included
-    step 150 "bench-$tag-graphs224.log" python -m vimamba bench --models vim_tiny deit_tiny_sdpa --img-size 224 \
+    step 150 "bench-$tag-graphs224.log" "${cli[@]}" bench --models vim_tiny deit_tiny_sdpa --img-size 224 \
         --cuda-graph --output "$out" --tag "$tag-graphs224"
 fi
-if want profile profile; then
-    step 120 "profile-$tag.log" env TRITON_PRINT_AUTOTUNING=1 python benchmarks/scan_sweep.py --no-sweep --profile \
+if want kernel_profile profile; then
+    step 120 "profile-$tag.log" env TRITON_PRINT_AUTOTUNING=1 "${run[@]}" benchmarks/scan_sweep.py --no-sweep --profile \
         --out "$out/profile-$tag.json"
 fi
 if want host profile; then

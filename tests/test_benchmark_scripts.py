@@ -38,7 +38,8 @@ def test_device_session_script_is_valid_bash():
 def test_host_profile_counts_vims_launches(tmp_path):
     """Vim-Ti's eager inference forward launches three Triton kernels per block (add + RMSNorm, both convs in
     one pass, both scans in one launch) and the final norm; the training step the same each way (the backward
-    of both convs and of both scans one launch each). A change that adds launches shows here."""
+    of both convs and of both scans one launch each). The fused projections are off by default (not yet run on
+    a GPU); they would add one forward launch per block. A change that adds launches shows here."""
     out = tmp_path / "host_profile.json"
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "host_profile_cpu.py"), "--out", str(out)],
                           capture_output=True, text=True, env=_env(), cwd=ROOT, timeout=600)
@@ -54,3 +55,39 @@ def test_host_profile_counts_vims_launches(tmp_path):
         for call in ("inference forward", "training step"):
             assert model[call]["ms"] > 0 and model[call]["aten_ops"] > 0
     assert "forward_list" in report["vim_train_profile"]
+
+
+def test_sweep_table_takes_tiles_and_segments(capsys):
+    """The sweep's table prints tile rows and the split sweep's rows (which name segments, not a tile): the
+    split sweep of session 8 measured every row and then failed on the table."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import scan_sweep
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    rows = [{"pass_": "bidir", "batch": 64, "dim": 384, "length": 6085, "tile": [1, 16, 1, 1, 1, 32], "ms": 3.1,
+             "gsteps": 2000.0, "rel_diff": 0.0},
+            {"pass_": "bidir split", "batch": 8, "dim": 384, "length": 6085, "segments": 16, "ms": 0.65,
+             "gsteps": 918.0, "rel_diff": 1e-5},
+            {"pass_": "bidir split", "batch": 8, "dim": 384, "length": 6085, "segments": "rule",
+             "error": "RuntimeError()"}]
+    scan_sweep.print_table(rows)
+    out = capsys.readouterr().out
+    assert "| bidir | 64 | 384 | 6085 | [1, 16, 1, 1, 1, 32] | 3.100 |" in out
+    assert "| bidir split | 8 | 384 | 6085 | 16 segments | 0.650 |" in out
+    assert "rule" not in out
+
+
+def test_override_runner_sets_the_scan_options():
+    """benchmarks/_override_run.py (a device session's SCAN_OVERRIDE) sets the scan's overrides, then runs the
+    CLI or a script with the remaining arguments."""
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "_override_run.py"), '{"touch": false}',
+                           "--version"], capture_output=True, text=True, env=_env(), cwd=ROOT, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "selective scan override: {'touch': False}" in done.stdout
+    assert "vimamba" in done.stdout.lower()
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "_override_run.py"), "{}",
+                           "benchmarks/proj_sweep.py", "--help"], capture_output=True, text=True, env=_env(),
+                          cwd=ROOT, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "override: None" in done.stdout and "usage: proj_sweep.py" in done.stdout
