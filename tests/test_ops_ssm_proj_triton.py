@@ -163,7 +163,9 @@ def test_compiles_for_sm90_without_spills(dtype):
     """Every tile the autotuner is offered, compiled for Hopper (offline): tensor-core products for 16-bit
     inputs, no spills."""
     ieee = dtype == "fp32"
-    types = {n: f"*{dtype}" for n in pointer_types(mod._ssm_proj_kernel, ())}
+    # 16-bit activations with the fp32 weights of autocast (the kernel rounds them as it loads them)
+    types = pointer_types(mod._ssm_proj_kernel, ("w",)) if not ieee else {
+        n: "*fp32" for n in pointer_types(mod._ssm_proj_kernel, ())}
     aligned = [n for n in types] + ["E", "s_um"]
     for bm, bk, bn, nw in mod._configs(ieee):
         consts = dict(IEEE=ieee, WIDEN=False, RP=16, NP=32, BLOCK_M=bm, BLOCK_K=bk, BLOCK_N=bn, s_ue=1)

@@ -11,7 +11,7 @@ tokens' u once, keeps their dt (dt_rank values per token) in registers, and writ
 of u in and delta out, ~0.125 ms per direction there, in one launch for both directions instead of four.
 
 Numerics are the reference's under autocast: the products run in u's dtype with fp32 accumulation (the
-weights are cast to it, as autocast casts them), and dt is rounded to u's dtype before the second product, as
+weights rounded to it as they are loaded, as autocast casts them), and dt is rounded to u's dtype before the second product, as
 the reference's x_dbl is. fp32 inputs use full-precision products (no TF32). The backward is plain PyTorch
 matrix products (four per direction, what autograd does for the two ``F.linear``), reading the saved x_dbl for
 dt. Triton's interpreter (3.8) multiplies 16-bit ``tl.dot`` operands wrongly (garbage of ~1e10 for bf16), so
@@ -43,8 +43,9 @@ def _ssm_proj_kernel(
     IEEE: tl.constexpr, WIDEN: tl.constexpr, RP: tl.constexpr, NP: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    # u: rows = tokens (batch x length), E channels; wx (R + NBC, E) and wdt (E, R) contiguous, in u's dtype;
-    # x_dbl (rows, R + NBC) and delta (rows, E) contiguous. Grid axis 1: the direction.
+    # u: rows = tokens (batch x length), E channels; wx (R + NBC, E) and wdt (E, R) contiguous, any float dtype
+    # (rounded to u's as they are loaded); x_dbl (rows, R + NBC) and delta (rows, E) contiguous, in u's dtype.
+    # Grid axis 1: the direction.
     if tl.program_id(1) == 1:
         u_ptr = u2_ptr
         wx_ptr = wx2_ptr
@@ -67,6 +68,8 @@ def _ssm_proj_kernel(
                     other=0.0)
         w_dt = tl.load(wx_ptr + rr[None, :] * E + k[:, None], mask=m_r[None, :] & m_k[:, None], other=0.0)
         w_bc = tl.load(wx_ptr + (R + nn)[None, :] * E + k[:, None], mask=m_n[None, :] & m_k[:, None], other=0.0)
+        w_dt = w_dt.to(u_ptr.dtype.element_ty)  # (rounded as autocast rounds the reference's weights)
+        w_bc = w_bc.to(u_ptr.dtype.element_ty)
         if WIDEN:  # (the interpreter) 16-bit operands as fp32: products exact either way, fp32 sums
             a = a.to(tl.float32)
             w_dt = w_dt.to(tl.float32)
@@ -86,6 +89,7 @@ def _ssm_proj_kernel(
         n = n0 + tl.arange(0, BLOCK_N)
         m_e = n < E
         w = tl.load(wdt_ptr + n[None, :] * R + rr[:, None], mask=m_r[:, None] & m_e[None, :], other=0.0)
+        w = w.to(u_ptr.dtype.element_ty)
         if WIDEN:
             d = tl.dot(dt.to(tl.float32), w.to(tl.float32), input_precision="ieee")
         elif IEEE:
@@ -98,8 +102,8 @@ def _ssm_proj_kernel(
 
 def _configs(ieee: bool):
     """Candidate (BLOCK_M, BLOCK_K, BLOCK_N, num_warps), the heuristic choice first. 16-bit inputs: wgmma
-    products, 127-143 registers on sm_90 (Triton 3.8), no spills; fp32 (products on the FMA units, where
-    (64, 64, 128, 4) spills): 108-112."""
+    products, 122-236 registers on sm_90 (Triton 3.8, fp32 weights rounded in the kernel), no spills; fp32
+    (products on the FMA units, where (64, 64, 128, 4) spills): 108-112."""
     if ieee:
         return [(32, 32, 64, 4), (64, 32, 64, 8)]
     return [(64, 64, 128, 4), (128, 64, 128, 8), (128, 64, 64, 4)]
@@ -134,6 +138,10 @@ def _rows(u: torch.Tensor) -> torch.Tensor:
     return u.transpose(1, 2).reshape(-1, u.shape[1])
 
 
+def _contiguous(t: torch.Tensor) -> torch.Tensor:
+    return t if t.is_contiguous() else t.contiguous()
+
+
 def _launch(dirs):
     """dirs: one or two (u, x_proj_weight, dt_proj_weight). Returns [(x_dbl, delta (batch, length, E))]."""
     u0, wx0, wdt0 = dirs[0]
@@ -147,7 +155,10 @@ def _launch(dirs):
         x_dbl = torch.empty((batch, length, R + NBC), device=u.device, dtype=dtype)
         delta = torch.empty((batch, length, E), device=u.device, dtype=dtype)
         outs.append((x_dbl, delta))
-        args.append((rows, wx.to(dtype).contiguous(), wdt.to(dtype).contiguous(), x_dbl, delta))
+        # the weights as they are (fp32 parameters under autocast): the kernel rounds them to u's dtype as it
+        # loads them, where a cast here would be two more launches per direction and call (autocast caches its
+        # own casts of parameters, so the reference pays for them once)
+        args.append((rows, _contiguous(wx), _contiguous(wdt), x_dbl, delta))
     n_rows = batch * length
     if n_rows == 0:
         return outs
