@@ -48,12 +48,13 @@ def _compare(dirs, dtype, seed=0):
     fast = [_leaves(d) for d in dirs]
     ref = [_leaves(d) for d in dirs]
     if len(dirs) == 2:
-        got = [t for pair in mod.ssm_projections_triton(*fast[0], second=fast[1]) for t in pair]
+        got = [t for triple in mod.ssm_projections_triton(*fast[0], second=fast[1]) for t in triple]
     else:
         got = list(mod.ssm_projections_triton(*fast[0]))
     with _autocast(dtype):
         want = [t for d in ref for t in ssm_projections_ref(*d)]
-    for name, g, w in zip(("x_dbl", "delta") * 2, got, want):
+    assert len(got) == len(want) == 3 * len(dirs)
+    for name, g, w in zip(("delta", "B", "C") * 2, got, want):
         assert g.dtype == w.dtype and g.shape == w.shape, (name, g.dtype, w.dtype, g.shape, w.shape)
         assert g.stride() == w.stride(), (name, g.stride(), w.stride())
         assert rel_err(g, w) <= TOL[dtype], (name, rel_err(g, w))
@@ -90,8 +91,8 @@ def test_channel_major_u_and_mixed_layouts():
 
 
 def test_only_some_outputs_used():
-    """Gradients when only delta (or only x_dbl) reaches the loss: the other output's gradient is absent."""
-    for used in (1, 0):
+    """Gradients when only delta (or only B) reaches the loss: no gradient for dt_proj's weight without delta."""
+    for used in (0, 1):
         fast, ref = _inputs(2, 24, 5, 3, 4, torch.float32, seed=3), None
         ref = _leaves(fast)
         out_f = mod.ssm_projections_triton(*fast)[used]

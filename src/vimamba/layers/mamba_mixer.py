@@ -87,13 +87,6 @@ class BiMambaMixer(nn.Module):
         return causal_conv1d_pair_fn(x, self.conv1d.weight.squeeze(1), self.conv1d.bias,
                                      self.conv1d_b.weight.squeeze(1), self.conv1d_b.bias, activation="silu")
 
-    def _scan_inputs(self, u, x_dbl, delta, A_log, D, dt_bias):
-        """One direction's scan inputs from its conv output u and the projections of u (dt, B, C; delta)."""
-        _, B, C = x_dbl.split([self.dt_rank, self.d_state, self.d_state], dim=-1)
-        # A_log as it is stored: the scan computes A = -exp(A_log) itself (a_log=True below), and takes A_log, D
-        # and the bias in fp32 whatever their dtype
-        return ScanInputs(u, delta, A_log, B.transpose(1, 2), C.transpose(1, 2), D, dt_bias)
-
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.forward_list([hidden])
 
@@ -113,13 +106,14 @@ class BiMambaMixer(nn.Module):
         del hidden
         u_f, u_b = self._convs(x)
         del x
-        # x_proj, then dt_proj, of both branches (on the Triton path one launch for all four products)
-        (x_dbl_f, delta_f), (x_dbl_b, delta_b) = ssm_projections_fn(
-            u_f, self.x_proj.weight, self.dt_proj.weight, second=(u_b, self.x_proj_b.weight, self.dt_proj_b.weight))
-        fwd = self._scan_inputs(u_f, x_dbl_f, delta_f, self.A_log, self.D, self.dt_proj.bias)
-        bwd = self._scan_inputs(u_b, x_dbl_b, delta_b, self.A_b_log, self.D_b, self.dt_proj_b.bias)
-        del x_dbl_f, x_dbl_b, delta_f, delta_b
-        del u_f, u_b
+        # Each branch's input-dependent (delta, B, C): x_proj, then dt_proj (with the fused kernel, one launch for
+        # both branches' four products). A_log as it is stored: the scan computes A = -exp(A_log) itself
+        # (a_log=True below), and takes A_log, D and the bias in fp32 whatever their dtype.
+        proj_f, proj_b = ssm_projections_fn(u_f, self.x_proj.weight, self.dt_proj.weight,
+                                            second=(u_b, self.x_proj_b.weight, self.dt_proj_b.weight))
+        fwd = ScanInputs(u_f, proj_f[0], self.A_log, proj_f[1], proj_f[2], self.D, self.dt_proj.bias)
+        bwd = ScanInputs(u_b, proj_b[0], self.A_b_log, proj_b[1], proj_b[2], self.D_b, self.dt_proj_b.bias)
+        del u_f, u_b, proj_f, proj_b
         # Both scans in one launch; without autograd each writes its output over its own u (no new tensors).
         y_f, y_b = bidirectional_selective_scan_fn(fwd, bwd, z, delta_softplus=True,
                                                    out=None if grad else (fwd.u, bwd.u), a_log=True)

@@ -174,15 +174,15 @@ def ssm_projections_fn(
     *,
     backend: str | None = None,
 ):
-    """A scan's input-dependent parameters from its conv output ``u`` (batch, channels, length): ``(x_dbl,
-    delta)`` with ``x_dbl = u^T x_proj_weight^T`` (batch, length, dt_rank + 2 * d_state: dt, B, C) and ``delta =
-    dt dt_proj_weight^T`` (batch, channels, length), as ``ssm_projections_ref`` computes them. ``second``: another
-    direction's ``(u, x_proj_weight, dt_proj_weight)`` of the same shapes; both pairs are returned, and from the
-    Triton kernel they come from one launch.
+    """A scan's input-dependent parameters from its conv output ``u`` (batch, channels, length): ``(delta, B,
+    C)`` as ``ssm_projections_ref`` computes them, from ``x_dbl = u^T x_proj_weight^T`` (per token: dt_rank
+    values of dt, then B, then C) and ``delta = dt dt_proj_weight^T``; delta (batch, channels, length), B and C
+    (batch, d_state, length), views. ``second``: another direction's ``(u, x_proj_weight, dt_proj_weight)`` of
+    the same shapes; both triples are returned, and from the Triton kernel they come from one launch.
 
     The fused kernel is taken by ``backend="triton"``, and by the automatic choice only where
     ``vimamba.ops.ssm_proj.FUSED_BY_DEFAULT`` (``VIMAMBA_FUSED_PROJ=1``) says so: it has not run on a GPU yet.
-    It computes in u's dtype (the weights cast to it, as autocast casts them for the reference's
+    It computes in u's dtype (the weights rounded to it, as autocast casts them for the reference's
     ``F.linear``); where the reference would not (autocast to another dtype; weights of another dtype without
     autocast) the call runs the reference."""
     def ref():

@@ -1,7 +1,7 @@
 """A Triton kernel for the selective scan's two input projections (x_proj, then dt_proj), both directions at once.
 
 ``ssm_projections_triton(u, x_proj_weight, dt_proj_weight, second=None)`` gives ``ssm_projections_ref``'s
-``(x_dbl, delta)`` for one direction, or for two (``second``: the other direction's ``(u, x_proj_weight,
+``(delta, B, C)`` for one direction, or for two (``second``: the other direction's ``(u, x_proj_weight,
 dt_proj_weight)``, same shapes) from one launch.
 
 Why a kernel for two products cuBLAS already does: both are narrow (Vim-Ti: 384 -> 44 and 12 -> 384 per
@@ -261,24 +261,33 @@ def _check(u, wx, wdt, name):
     if u.dim() != 3:
         raise ValueError(f"{name}u must be (batch, channels, length), got shape {tuple(u.shape)}")
     E = u.shape[1]
-    if wdt.dim() != 2 or wdt.shape[0] != E or wx.dim() != 2 or wx.shape[1] != E or wx.shape[0] <= wdt.shape[1]:
+    if (wdt.dim() != 2 or wdt.shape[0] != E or wx.dim() != 2 or wx.shape[1] != E or wx.shape[0] <= wdt.shape[1]
+            or (wx.shape[0] - wdt.shape[1]) % 2):
         raise ValueError(f"{name}x_proj_weight must be (dt_rank + 2 * d_state, {E}) and {name}dt_proj_weight "
                          f"({E}, dt_rank), got {tuple(wx.shape)} and {tuple(wdt.shape)}")
     if not u.dtype.is_floating_point or u.dtype == torch.float64:
         raise ValueError(f"{name}u must be fp32, fp16 or bf16, got {u.dtype}")
 
 
+def _scan_views(x_dbl: torch.Tensor, delta: torch.Tensor, dt_rank: int):
+    """The reference's (delta, B, C) views of the kernel's x_dbl and delta (batch, length, ...) outputs."""
+    d_state = (x_dbl.shape[-1] - dt_rank) // 2
+    _, B, C = x_dbl.split([dt_rank, d_state, d_state], dim=-1)
+    return delta.transpose(1, 2), B.transpose(1, 2), C.transpose(1, 2)
+
+
 def ssm_projections_triton(u: torch.Tensor, x_proj_weight: torch.Tensor, dt_proj_weight: torch.Tensor,
                            second: Optional[Sequence[torch.Tensor]] = None):
-    """``ssm_projections_ref(u, x_proj_weight, dt_proj_weight)`` -> (x_dbl, delta) in u's dtype, or, with
+    """``ssm_projections_ref(u, x_proj_weight, dt_proj_weight)`` -> (delta, B, C) in u's dtype, or, with
     ``second`` = (u, x_proj_weight, dt_proj_weight) of another direction of the same shapes, both directions'
-    pairs from one launch: ((x_dbl, delta), (x_dbl_2, delta_2)). Differentiable in every input."""
+    triples from one launch. Differentiable in every input."""
     if not HAS_TRITON:
         raise RuntimeError("ssm_projections_triton needs the triton package")
     if not u.is_cuda and not _get_kernel()[1]:
         raise RuntimeError("ssm_projections_triton on CPU tensors runs in Triton's interpreter only: "
                            "set TRITON_INTERPRET=1 before the first call")
     _check(u, x_proj_weight, dt_proj_weight, "")
+    rank = dt_proj_weight.shape[1]
     if second is not None:
         u2, wx2, wdt2 = second
         _check(u2, wx2, wdt2, "second ")
@@ -288,6 +297,6 @@ def ssm_projections_triton(u: torch.Tensor, x_proj_weight: torch.Tensor, dt_proj
                              f"{tuple(u.shape)}/{tuple(u2.shape)}, {u.dtype}/{u2.dtype}, "
                              f"{tuple(x_proj_weight.shape)}/{tuple(wx2.shape)}")
         x1, d1, x2, d2 = _proj_fwd_op(u, x_proj_weight, dt_proj_weight, u2, wx2, wdt2)
-        return (x1, d1.transpose(1, 2)), (x2, d2.transpose(1, 2))
+        return _scan_views(x1, d1, rank), _scan_views(x2, d2, rank)
     x1, d1, _, _ = _proj_fwd_op(u, x_proj_weight, dt_proj_weight, None, None, None)
-    return x1, d1.transpose(1, 2)
+    return _scan_views(x1, d1, rank)
