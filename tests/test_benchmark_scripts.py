@@ -51,6 +51,11 @@ def test_host_profile_counts_vims_launches(tmp_path):
     assert deit["inference forward"]["triton_launches"] == 0
     # forward and backward: 25 norms, 24 conv pairs, 24 scan pairs each
     assert vim["training step"]["triton_launches"] == 2 * (25 + 24 + 24)
+    # PyTorch operators per call, at the torch the README installs (other versions dispatch other counts): a
+    # first version of session 8's projections added 48 to the forward unseen by the launch counts
+    if report["torch"].startswith("2.14."):
+        assert vim["inference forward"]["aten_ops"] <= 902
+        assert vim["training step"]["aten_ops"] <= 4972
     for model in (vim, deit):
         for call in ("inference forward", "training step"):
             assert model[call]["ms"] > 0 and model[call]["aten_ops"] > 0
