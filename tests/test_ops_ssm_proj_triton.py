@@ -82,12 +82,21 @@ def test_single_direction_odd_sizes(dim, rank, nstate, dtype):
 
 
 def test_channel_major_u_and_mixed_layouts():
-    """u stored (batch, dim, length) (not the conv's layout) is read through a copy; so is a pair whose two u's
-    differ in layout."""
+    """u stored (batch, dim, length) (not the conv's layout) is read through a copy; a pair whose two u's
+    differ in layout, or whose token rows differ in stride, too."""
     a = _inputs(2, 24, 9, 3, 4, torch.float32, seed=1, time_major=False)
     b = _inputs(2, 24, 9, 3, 4, torch.float32, seed=2, time_major=True)
     _compare([a], torch.float32)
     _compare([a, b], torch.float32)
+    # token rows of unequal strides (a column slice of a wider token-major buffer beside a plain one; not
+    # through _compare, whose clones would make the slice dense): both read through copies
+    wide = torch.randn(2, 9, 48, generator=torch.Generator().manual_seed(3)).to(DEVICE)[..., :24].transpose(1, 2)
+    assert mod._rows(wide).stride() != mod._rows(b[0]).stride()
+    with torch.no_grad():
+        got = mod.ssm_projections_triton(wide, *b[1:], second=b)
+        want = (ssm_projections_ref(wide, *b[1:]), ssm_projections_ref(*b))
+    for g, w in zip((t for triple in got for t in triple), (t for triple in want for t in triple)):
+        assert rel_err(g, w) <= 1e-5
 
 
 def test_only_some_outputs_used():

@@ -162,7 +162,10 @@ def _launch(dirs):
     n_rows = batch * length
     if n_rows == 0:
         return outs
-    second = args[1] if len(args) > 1 else args[0]
+    if len(args) > 1 and args[0][0].stride() != args[1][0].stride():  # one set of strides for both
+        args = [(a[0].contiguous(),) + a[1:] for a in args]
+    rows0 = args[0][0]
+    second = args[-1]  # (the first again for one direction: grid axis 1 has one program then)
     ieee = dtype == torch.float32
     kern, interp, tuned = _get_kernel(ieee)
     extra = {}
@@ -171,10 +174,6 @@ def _launch(dirs):
     elif not tuned:
         bm, bk, bn, nw = _configs(ieee)[0]
         extra = {"BLOCK_M": bm, "BLOCK_K": bk, "BLOCK_N": bn, "num_warps": nw}
-    if len(args) > 1 and args[0][0].stride() != args[1][0].stride():  # one set of strides for both
-        args = [(a[0].contiguous(),) + a[1:] for a in args]
-        second = args[1]
-    rows0 = args[0][0]
     grid = lambda meta: (cdiv(n_rows, meta["BLOCK_M"]), len(dirs))  # noqa: E731
     kern[grid](
         *args[0], *second,
