@@ -9,7 +9,11 @@ negligible, what is left is the host's work per call), batch 2, fp32 (autocast's
 in one process:
 
 * milliseconds per inference forward and per training step (forward, backward, AdamW), medians of rounds;
-* PyTorch operators dispatched per call (a ``TorchDispatchMode`` count: every aten op, views included) and
+  and an inference forward under CPU autocast to bf16, for its operators and casts (what ``vimamba bench``
+  runs under CUDA autocast; its milliseconds include the CPU's own bf16 products, so only its counts carry
+  over);
+* PyTorch operators dispatched per call (a ``TorchDispatchMode`` count: every aten op, views included; and
+  the casts among them, operators whose output's dtype differs from their first input's) and
   Triton launches per call (Vim's kernels run in Triton's interpreter mode with every launch replaced by a
   no-op, so a launch here costs only vimamba's own Python around it, not Triton's launcher);
 * a cProfile of Vim's training step: the functions with the most own time.
@@ -56,10 +60,15 @@ class _CountOps(TorchDispatchMode):
     def __init__(self):
         super().__init__()
         self.ops = collections.Counter()
+        self.casts = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         self.ops[str(func.overloadpacket)] += 1
-        return func(*args, **(kwargs or {}))
+        out = func(*args, **(kwargs or {}))
+        if (isinstance(out, torch.Tensor) and args and isinstance(args[0], torch.Tensor)
+                and out.dtype != args[0].dtype):
+            self.casts += 1
+        return out
 
 
 def _calls(model, images, targets):
@@ -69,13 +78,17 @@ def _calls(model, images, targets):
         with torch.inference_mode():
             model(images)
 
+    def forward_autocast():
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+            model(images)
+
     def train_step():
         loss = torch.nn.functional.cross_entropy(model(images), targets)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    return {"inference forward": forward, "training step": train_step}
+    return {"inference forward": forward, "inference forward, autocast": forward_autocast, "training step": train_step}
 
 
 def _measure(name, fn):
@@ -83,8 +96,8 @@ def _measure(name, fn):
     LAUNCHES.clear()
     with _CountOps() as counter:
         fn()
-    return {"ms": ms, "aten_ops": sum(counter.ops.values()), "triton_launches": sum(LAUNCHES.values()),
-            "top_ops": counter.ops.most_common(12)}
+    return {"ms": ms, "aten_ops": sum(counter.ops.values()), "casts": counter.casts,
+            "triton_launches": sum(LAUNCHES.values()), "top_ops": counter.ops.most_common(12)}
 
 
 def _profile(fn, top=18):
@@ -126,13 +139,13 @@ def main():
     vim, deit = report["models"]["vim_tiny"], report["models"]["deit_tiny_sdpa"]
     print(f"host: {report['host']}, {report['cpus']} CPUs, torch {torch.__version__}; images {args.img_size}x"
           f"{args.img_size}, batch {args.batch}, fp32, Triton launches stubbed")
-    print("| call | model | ms | aten ops | Triton launches | ms / block | Vim / DeiT (ms) |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
-    for call in ("inference forward", "training step"):
+    print("| call | model | ms | aten ops | casts | Triton launches | ms / block | Vim / DeiT (ms) |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for call in ("inference forward", "inference forward, autocast", "training step"):
         for short, m in (("vim_tiny", vim), ("deit_tiny_sdpa", deit)):
             r = m[call]
             ratio = f"{r['ms'] / deit[call]['ms']:.2f}x" if short == "vim_tiny" else ""
-            print(f"| {call} | {short} | {r['ms']:.2f} | {r['aten_ops']} | {r['triton_launches']} | "
+            print(f"| {call} | {short} | {r['ms']:.2f} | {r['aten_ops']} | {r['casts']} | {r['triton_launches']} | "
                   f"{r['ms'] / m['depth']:.3f} | {ratio} |")
     print("\nVim-Ti training step, most frequent aten ops:", vim["training step"]["top_ops"])
     print("\n" + "\n".join(report["vim_train_profile"].splitlines()[:40]))

@@ -7,6 +7,7 @@ import math
 import pytest
 import timm
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import vimamba
 from vimamba.models import VARIANT_ALIASES, VARIANT_ARGS
@@ -281,9 +282,13 @@ def test_patch_embed_matmul_path_equals_conv(size):
         overlapping.embed_as_matmul(x)
 
 
-def test_inference_path_matches_autograd_path():
+@pytest.mark.parametrize("one_in_proj_max", [None, 0])
+def test_inference_path_matches_autograd_path(monkeypatch, one_in_proj_max):
     """Under no_grad the blocks take their inputs out of a list (released early) and the mixer's reverse scan
-    writes over the forward branch's output: the same logits and intermediates as with autograd on."""
+    writes over the forward branch's output: the same logits and intermediates as with autograd on, with x and
+    z from one in_proj product (small inputs) or from two (large ones; forced here)."""
+    if one_in_proj_max is not None:
+        monkeypatch.setattr("vimamba.layers.mamba_mixer.ONE_IN_PROJ_MAX_ELEMENTS", one_in_proj_max)
     torch.manual_seed(0)
     model = timm.create_model("vim_tiny_patch16_224", img_size=64, depth=3, num_classes=7).eval()
     x = torch.randn(2, 3, 64, 64)
@@ -310,10 +315,10 @@ def test_block_releases_its_inputs_before_the_mixer_runs():
     refs = weakref.ref(hidden), weakref.ref(residual)
     real_mixer, real_convs = block.mixer.forward_list, block.mixer._convs
 
-    def mixer(box):
+    def mixer(box, weights=None):
         seen["alive"] = [r() is not None for r in refs]
         seen["normed"] = weakref.ref(box[0])
-        return real_mixer(box)
+        return real_mixer(box, weights)
 
     def conv(*args, **kwargs):
         seen["normed_alive_at_conv"] = seen["normed"]() is not None
@@ -326,3 +331,63 @@ def test_block_releases_its_inputs_before_the_mixer_runs():
         block.forward_state(state)
     assert seen["alive"] == [False, False] and seen["normed_alive_at_conv"] is False
     assert len(state) == 2 and state[0].shape == (1, 5, 16) and state[1].dtype == torch.float32
+
+
+class _CountCasts(TorchDispatchMode):
+    """Counts the operators that change a tensor's dtype."""
+
+    def __init__(self):
+        super().__init__()
+        self.casts = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if (isinstance(out, torch.Tensor) and args and isinstance(args[0], torch.Tensor)
+                and out.dtype != args[0].dtype):
+            self.casts += 1
+        return out
+
+
+def test_product_weights_cast_once_per_forward_under_autocast():
+    """Without autograd under autocast, one multi-tensor copy per forward casts every mixer's product weights
+    (out_proj's halving in fp32 first) instead of a cast per product: bit-identical logits and intermediates
+    under inference_mode and no_grad, a weight changed through ``.data`` between forwards is seen, no cast per
+    product is left, training releases the buffers and a forward with autograd makes none."""
+    torch.manual_seed(0)
+    depth = 3
+    model = timm.create_model("vim_tiny_patch16_224", img_size=64, depth=depth, num_classes=7).eval()
+    x = torch.randn(2, 3, 64, 64)
+
+    def run(once, grad_mode, intermediates=False):
+        model.cast_products_once = once
+        with grad_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+            if intermediates:
+                return model.forward_intermediates(x, indices=[0, 2], intermediates_only=True)
+            return model(x)
+
+    for grad_mode in (torch.inference_mode, torch.no_grad):  # inference tensors first: later writes must work
+        assert torch.equal(run(True, grad_mode), run(False, grad_mode))
+    for got, want in zip(run(True, torch.no_grad, True), run(False, torch.no_grad, True)):
+        assert torch.equal(got, want)
+    before = run(True, torch.no_grad)
+    model.layers[1].mixer.out_proj.weight.data.mul_(3.0)  # .data: no version bump
+    after = run(True, torch.no_grad)
+    assert not torch.equal(before, after) and torch.equal(after, run(False, torch.no_grad))
+
+    counts = {}
+    for once in (True, False):
+        model.cast_products_once = once
+        with _CountCasts() as counter, torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            model(x)
+        counts[once] = counter.casts
+    # per block: in_proj, both branches' x_proj and dt_proj, out_proj; the rest (patch embedding, head, the
+    # one multi-tensor copy) alike
+    assert counts[False] - counts[True] >= 6 * depth, counts
+
+    model.train()
+    assert model._product_casts._buffers == []
+    model.eval()
+    model.cast_products_once = True
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model(x).float().sum().backward()
+    assert model._product_casts._buffers == []

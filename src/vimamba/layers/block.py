@@ -40,14 +40,15 @@ class VimBlock(nn.Module):
         normed, residual = add_rms_norm(hidden, residual, self.norm.weight, self.norm.eps, self.residual_in_fp32)
         return self.mixer(normed), residual
 
-    def forward_state(self, state: list) -> None:
+    def forward_state(self, state: list, weights: list | None = None) -> None:
         """``forward`` on a list ``[hidden, residual]`` that it empties and refills with the two outputs.
 
         Why: called as ``forward(hidden, residual)``, the caller's frames keep both inputs alive while the
         mixer runs. Taken out of a list, the previous output and stream are released as soon as the new
         stream exists: under no_grad, 0.42 GiB less at the peak for Vim-Ti at 1248x1248, batch 64. It skips
         the block's own hooks, so callers use it only where the block has none; the mixer's run (the mixer then
-        gets its input as usual instead of in a list).
+        gets its input as usual instead of in a list). ``weights``: the mixer's product weights cast for this
+        forward (``BiMambaMixer.forward_list``); not used where the mixer has hooks.
         """
         hidden, residual = state
         state.clear()
@@ -60,7 +61,7 @@ class VimBlock(nn.Module):
             return
         box = [normed]
         del normed
-        state.extend((self.mixer.forward_list(box), residual))
+        state.extend((self.mixer.forward_list(box, weights), residual))
 
 
 def _has_hooks(module: nn.Module) -> bool:

@@ -15,7 +15,12 @@ from torch import nn
 
 from ..ops import ScanInputs, bidirectional_selective_scan_fn, causal_conv1d_pair_fn, ssm_projections_fn
 
-__all__ = ["BiMambaMixer"]
+__all__ = ["BiMambaMixer", "ProductWeightCasts"]
+
+# Without autograd, x and z come from one in_proj product (one launch: what counts where the host bounds the
+# step, at 224 x 224) unless x's half alone would exceed this many elements; then from two, so that x's
+# buffer is freed as soon as both convs have read it (the peak at 1248 x 1248: Vim-Ti batch 64 has 150 M).
+ONE_IN_PROJ_MAX_ELEMENTS = 1 << 26
 
 
 class BiMambaMixer(nn.Module):
@@ -87,30 +92,46 @@ class BiMambaMixer(nn.Module):
         return causal_conv1d_pair_fn(x, self.conv1d.weight.squeeze(1), self.conv1d.bias,
                                      self.conv1d_b.weight.squeeze(1), self.conv1d_b.bias, activation="silu")
 
+    def product_weights(self) -> list[torch.Tensor]:
+        """The weights of the mixer's matrix products, in the order ``forward_list``'s ``weights`` takes their
+        casts: in_proj, x_proj, dt_proj, x_proj_b, dt_proj_b, out_proj."""
+        return [self.in_proj.weight, self.x_proj.weight, self.dt_proj.weight, self.x_proj_b.weight,
+                self.dt_proj_b.weight, self.out_proj.weight]
+
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.forward_list([hidden])
 
-    def forward_list(self, box: list) -> torch.Tensor:
+    def forward_list(self, box: list, weights: list | None = None) -> torch.Tensor:
         """``forward`` on ``[hidden]``, which it empties: without autograd the input is released as soon as
-        the projections have read it (``VimBlock.forward_state`` passes it this way)."""
+        the projections have read it (``VimBlock.forward_state`` passes it this way).
+
+        ``weights``: without autograd under autocast, the ``product_weights`` already in autocast's dtype, the
+        last (out_proj) halved where the branches are averaged (``ProductWeightCasts`` makes them), so that no
+        product casts its weight again."""
         hidden = box.pop()
         grad = torch.is_grad_enabled()
         if grad:
+            weights = None
             xz = self.in_proj(hidden).transpose(1, 2)
             x, z = xz.chunk(2, dim=1)
         else:
-            # Two products instead of one: x gets a buffer of its own, freed once both convs have read it.
-            w = self.in_proj.weight
-            x = F.linear(hidden, w[: self.d_inner]).transpose(1, 2)
-            z = F.linear(hidden, w[self.d_inner:]).transpose(1, 2)
+            w = self.in_proj.weight if weights is None else weights[0]
+            if hidden.numel() // self.dim * self.d_inner <= ONE_IN_PROJ_MAX_ELEMENTS:
+                x, z = F.linear(hidden, w).transpose(1, 2).chunk(2, dim=1)
+            else:  # x in a buffer of its own, freed once both convs have read it
+                x = F.linear(hidden, w[: self.d_inner]).transpose(1, 2)
+                z = F.linear(hidden, w[self.d_inner:]).transpose(1, 2)
         del hidden
         u_f, u_b = self._convs(x)
         del x
         # Each branch's input-dependent (delta, B, C): x_proj, then dt_proj (with the fused kernel, one launch for
         # both branches' four products). A_log as it is stored: the scan computes A = -exp(A_log) itself
         # (a_log=True below), and takes A_log, D and the bias in fp32 whatever their dtype.
-        proj_f, proj_b = ssm_projections_fn(u_f, self.x_proj.weight, self.dt_proj.weight,
-                                            second=(u_b, self.x_proj_b.weight, self.dt_proj_b.weight))
+        if weights is None:
+            proj_f, proj_b = ssm_projections_fn(u_f, self.x_proj.weight, self.dt_proj.weight,
+                                                second=(u_b, self.x_proj_b.weight, self.dt_proj_b.weight))
+        else:
+            proj_f, proj_b = ssm_projections_fn(u_f, weights[1], weights[2], second=(u_b, weights[3], weights[4]))
         fwd = ScanInputs(u_f, proj_f[0], self.A_log, proj_f[1], proj_f[2], self.D, self.dt_proj.bias)
         bwd = ScanInputs(u_b, proj_b[0], self.A_b_log, proj_b[1], proj_b[2], self.D_b, self.dt_proj_b.bias)
         del u_f, u_b, proj_f, proj_b
@@ -122,10 +143,63 @@ class BiMambaMixer(nn.Module):
         # with beta = 1): no pass over the activations for the sum. The halving rides on the weight (exact).
         # One cast of the halved weight to the activations' dtype serves both products (what autocast would
         # give each of them; halving commutes with the rounding).
-        weight = self.out_proj.weight * 0.5 if self.divide_out else self.out_proj.weight
-        weight = weight.to(y_f.dtype)
+        if weights is None:
+            weight = self.out_proj.weight * 0.5 if self.divide_out else self.out_proj.weight
+            weight = weight.to(y_f.dtype)
+        else:
+            weight = weights[5]
         out = F.linear(y_f.transpose(1, 2), weight, self.out_proj.bias)
         del y_f
         flat = out.view(-1, out.shape[-1])
         flat.addmm_(y_b.transpose(1, 2).reshape(-1, self.d_inner).to(flat.dtype), weight.t().to(flat.dtype))
         return out
+
+
+_PLAIN = (torch.Tensor, nn.Parameter)
+
+
+class ProductWeightCasts:
+    """The mixers' ``product_weights`` in autocast's dtype, for forwards without autograd, refreshed by one
+    multi-tensor copy per forward.
+
+    Why: under autocast every ``F.linear`` casts its fp32 weight again on every call, a kernel launch each
+    (autocast's own cache lasts one ``with`` block and serves only leaf tensors: not the slices of in_proj,
+    nor the halved out_proj): eight launches per Vim block, 192 per Vim-Ti forward, issued by the host that
+    bounds the step at 224 x 224 (a cProfile of that forward on the H100 machine put ~50 us of host time in
+    each ``F.linear`` call with its cast). Here all of them are refreshed from the parameters by
+    ``torch._foreach_copy_`` (and the halving by one ``torch._foreach_mul``) on every forward, so a weight
+    changed between forwards in any way, ``.data`` included, is seen. The values are autocast's: fp32 rounded
+    to its dtype, the halving done in fp32 before the rounding (as the mixer does without this). The buffers
+    are kept between forwards (Vim-Ti: 6.4 M values) until ``release``."""
+
+    def __init__(self):
+        self._key = None
+        self._buffers: list[torch.Tensor] = []
+
+    def release(self) -> None:
+        self._key = None
+        self._buffers = []
+
+    def refresh(self, mixers: list, dtype: torch.dtype) -> list[list[torch.Tensor]] | None:
+        """Each mixer's cast weights (``forward_list``'s ``weights``), or None where the parameters already have
+        ``dtype`` (autocast then casts nothing either)."""
+        weights = [w for m in mixers for w in m.product_weights()]
+        if not weights or all(w.dtype == dtype for w in weights):
+            return None
+        if any(type(w) not in _PLAIN for w in weights):  # sharded (FSDP2's DTensors) or otherwise wrapped
+            return None
+        key = (dtype, tuple((w.shape, w.device) for w in weights))
+        if key != self._key:
+            # ordinary tensors even when the first forward runs in inference mode, so that later forwards
+            # under no_grad may still write them
+            with torch.inference_mode(False):
+                self._buffers = [torch.empty(w.shape, device=w.device, dtype=dtype) for w in weights]
+            self._key = key
+        per_mixer = len(weights) // len(mixers)
+        halved = [i for i, m in enumerate(mixers) if m.divide_out]
+        sources = list(weights)
+        if halved:
+            for i, w in zip(halved, torch._foreach_mul([weights[i * per_mixer + 5] for i in halved], 0.5)):
+                sources[i * per_mixer + 5] = w
+        torch._foreach_copy_(self._buffers, sources)
+        return [self._buffers[i * per_mixer:(i + 1) * per_mixer] for i in range(len(mixers))]

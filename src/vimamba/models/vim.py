@@ -21,7 +21,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models._features import feature_take_indices
 from huggingface_hub import PyTorchModelHubMixin
 
-from ..layers import StridedPatchEmbed, VimBlock, VisionRope, resample_mid_cls_pos_embed
+from ..layers import ProductWeightCasts, StridedPatchEmbed, VimBlock, VisionRope, resample_mid_cls_pos_embed
 from ..ops import add_rms_norm
 from .hub import load_hub_folder, save_hub_folder
 
@@ -90,6 +90,7 @@ class VisionMamba(
         weight_init: str = "",
     ):
         super().__init__()
+        self._product_casts = ProductWeightCasts()
         if global_pool not in ("token", "avg", ""):
             raise ValueError(f"global_pool must be 'token', 'avg' or '', got {global_pool!r}")
         if global_pool == "token" and not class_token:
@@ -224,8 +225,31 @@ class VisionMamba(
         grid = self.patch_embed.dynamic_feat_size(tuple(x.shape[-2:]))
         return grid, (grid[0] * grid[1]) // 2 if self.has_class_token else None
 
-    def _run_block(self, block: nn.Module, state: list, rope_args=None) -> None:
-        """Block ``block`` on ``state = [hidden, residual]``, replaced by the block's outputs.
+    # Forwards without autograd under autocast cast every mixer's product weights in one go (``ProductWeightCasts``);
+    # False casts them product by product, as autocast does.
+    cast_products_once = True
+
+    def train(self, mode: bool = True):
+        if mode:  # (the casts' buffers serve forwards without autograd)
+            self._product_casts.release()
+        return super().train(mode)
+
+    def _cast_products(self, images: torch.Tensor, layers) -> list | None:
+        """Each of ``layers``' mixer product weights cast for this forward, or None (autograd, torch.compile, no
+        autocast, blocks with hooks (called as modules: FSDP's unshard their parameters there), or parameters
+        already in autocast's dtype: each product then does what autocast says)."""
+        if not self.cast_products_once or torch.is_grad_enabled() or torch.compiler.is_compiling():
+            return None
+        if any(block._forward_hooks or block._forward_pre_hooks for block in layers):
+            return None
+        device_type = images.device.type
+        if not torch.is_autocast_enabled(device_type):
+            return None
+        return self._product_casts.refresh([block.mixer for block in layers], torch.get_autocast_dtype(device_type))
+
+    def _run_block(self, block: nn.Module, state: list, rope_args=None, weights: list | None = None) -> None:
+        """Block ``block`` on ``state = [hidden, residual]``, replaced by the block's outputs (``weights``: its
+        mixer's cast product weights, see ``_cast_products``).
 
         The stream travels in a list so that no frame here holds a block's inputs while it runs: without
         autograd (which keeps them anyway) and module hooks (FSDP's, users'), the block releases them early.
@@ -240,7 +264,7 @@ class VisionMamba(
             else:
                 state[:] = block(*state)
         else:
-            block.forward_state(state)
+            block.forward_state(state, weights)
 
     def _final_norm(self, hidden: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
         """Add the last block's output to the stream and normalise (the sum alone once the norm is pruned)."""
@@ -255,9 +279,10 @@ class VisionMamba(
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Images (B, C, H, W) to the normalised token sequence (B, T, D), class token included."""
         rope_args = self._rope_args(x)
+        casts = self._cast_products(x, self.layers)
         state = [self._embed(x), None]
-        for block in self.layers:
-            self._run_block(block, state, rope_args)
+        for i, block in enumerate(self.layers):
+            self._run_block(block, state, rope_args, casts[i] if casts else None)
         return self._finish(*state)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
@@ -303,9 +328,10 @@ class VisionMamba(
         rope_args = self._rope_args(x)
         state = [self._embed(x), None]
         layers = self.layers[: max_index + 1] if stop_early else self.layers
+        casts = self._cast_products(x, layers)
         intermediates = []
         for i, block in enumerate(layers):
-            self._run_block(block, state, rope_args)
+            self._run_block(block, state, rope_args, casts[i] if casts else None)
             if i in take_indices:
                 if mixer_output:
                     intermediates.append(state[0])
