@@ -79,6 +79,8 @@ def _calls(model, images, targets):
             model(images)
 
     def forward_autocast():
+        if hasattr(model, "cast_products_once"):
+            model.cast_products_once = True  # what a CUDA device gets (the CPU's default is autocast's casts)
         with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
             model(images)
 

@@ -352,7 +352,8 @@ def test_product_weights_cast_once_per_forward_under_autocast():
     """Without autograd under autocast, one multi-tensor copy per forward casts every mixer's product weights
     (out_proj's halving in fp32 first) instead of a cast per product: bit-identical logits and intermediates
     under inference_mode and no_grad, a weight changed through ``.data`` between forwards is seen, no cast per
-    product is left, training releases the buffers and a forward with autograd makes none."""
+    product is left, training releases the buffers and a forward with autograd makes none. (By default CUDA
+    devices only; forced on here.)"""
     torch.manual_seed(0)
     depth = 3
     model = timm.create_model("vim_tiny_patch16_224", img_size=64, depth=depth, num_classes=7).eval()
@@ -365,6 +366,9 @@ def test_product_weights_cast_once_per_forward_under_autocast():
                 return model.forward_intermediates(x, indices=[0, 2], intermediates_only=True)
             return model(x)
 
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        model(x)
+    assert model._product_casts._buffers == []  # by default only on CUDA devices
     for grad_mode in (torch.inference_mode, torch.no_grad):  # inference tensors first: later writes must work
         assert torch.equal(run(True, grad_mode), run(False, grad_mode))
     for got, want in zip(run(True, torch.no_grad, True), run(False, torch.no_grad, True)):

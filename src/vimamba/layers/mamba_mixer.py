@@ -170,7 +170,8 @@ class ProductWeightCasts:
     ``torch._foreach_copy_`` (and the halving by one ``torch._foreach_mul``) on every forward, so a weight
     changed between forwards in any way, ``.data`` included, is seen. The values are autocast's: fp32 rounded
     to its dtype, the halving done in fp32 before the rounding (as the mixer does without this). The buffers
-    are kept between forwards (Vim-Ti: 6.4 M values) until ``release``."""
+    are kept between forwards (Vim-Ti: 6.4 M values) until ``release``. ``VisionMamba`` uses it on CUDA devices
+    (``cast_products_once``)."""
 
     def __init__(self):
         self._key = None
