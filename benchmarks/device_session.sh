@@ -9,9 +9,11 @@
 # (session 8 lost its profile and ncu files to that limit).
 #   tests:   scan_tests, split_tests, conv_tests, proj_tests, model_tests
 #   sweep:   sweep_proj, sweep_v8, sweep_split, sweep_v7, sweep_v6b
-#   bench:   bench_targets, bench_fused, bench_graphs      profile: kernel_profile, host, first_call, ncu_fwd, ncu_bwd
-# The next call (session 8 could not make it: no device lent), ~6 minutes on a fresh machine:
+#   bench:   bench_targets, bench_fused, bench_graphs
+#   profile: kernel_profile, host, first_call, ncu_fwd, ncu_bwd, ncu_src
+# The next calls (sessions 8 and 9 could not make them: no device lent), ~6 minutes each on a fresh machine:
 #   for p in proj_tests model_tests sweep_proj bench_targets bench_fused kernel_profile first_call; do ...; done
+#   for p in bench_graphs host ncu_src; do ...; done
 #
 # 1. GPU correctness: full-size scans (both directions, every gradient; the backward's sm_90 registers), the
 #    forward split in time, the conv (SLIDE tiles included), the fused projections, the whole-model
@@ -118,6 +120,26 @@ fi
 if want ncu_bwd profile && command -v ncu > /dev/null; then
     step 100 "ncu_bwd_stalls-$tag.txt" ncu --clock-control none -k regex:_scan_bwd_kernel --launch-skip 1 \
         --launch-count 1 --metrics "$stalls,$issue" python benchmarks/scan_sweep.py --one-bidir-bwd 128x197
+fi
+if want ncu_src profile && command -v ncu > /dev/null; then
+    # source-level: per SASS instruction, the warp-state samples (why each instruction waited), for the 1248
+    # pair at one and at two steps per chunk (T = 2 ran 36% slower, unexplained; NOTES_triton.md run 11) and for
+    # the two-direction backward at the training size; the binary reports are dropped once printed as text
+    src_report() {  # src_report NAME KERNEL ARGS...: full set of one launch, then its source and details pages
+        local name=$1 kernel=$2
+        shift 2
+        step 200 "ncu_src_$name-$tag.log" ncu --clock-control none --set full --import-source yes -f \
+            -k "regex:$kernel" --launch-skip 1 --launch-count 1 -o "$out/ncu_src_$name-$tag" "$@"
+        if [[ -f $out/ncu_src_$name-$tag.ncu-rep ]]; then
+            step 60 "ncu_src_$name-$tag.csv" ncu --import "$out/ncu_src_$name-$tag.ncu-rep" --page source --csv \
+                --print-source sass
+            step 60 "ncu_details_$name-$tag.txt" ncu --import "$out/ncu_src_$name-$tag.ncu-rep" --page details
+            rm -f "$out/ncu_src_$name-$tag.ncu-rep"
+        fi
+    }
+    src_report pair_T1 _scan_fwd_kernel python benchmarks/scan_sweep.py --one-bidir 64x6085 --tile "[1,16,1,1,1,32,1]"
+    src_report pair_T2 _scan_fwd_kernel python benchmarks/scan_sweep.py --one-bidir 64x6085 --tile "[2,16,1,1,1,32,1]"
+    src_report bwd224 _scan_bwd_kernel python benchmarks/scan_sweep.py --one-bidir-bwd 128x197
 fi
 grep -h "passed\|failed\|error" "$out"/gpu_*tests-"$tag".log 2>/dev/null | tail -n 6
 grep -h "^|" "$out"/scan_sweep_v*-"$tag".log 2>/dev/null

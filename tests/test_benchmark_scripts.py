@@ -68,6 +68,29 @@ def test_host_profile_counts_vims_launches(tmp_path):
     assert "forward_list" in report["vim_train_profile"]
 
 
+def test_scan_sass_reads_the_step_loops(tmp_path):
+    """The offline SASS reader the notes' instruction counts come from: the forward at the 1248 pair's tile
+    compiles without spills and its step loop stays near its 207 instructions (Triton 3.8); the backward's
+    longest loop holds both phases."""
+    pytest.importorskip("triton")
+    env = {k: v for k, v in _env().items() if k != "TRITON_INTERPRET"}
+    for kind in ("fwd", "bwd"):
+        out = tmp_path / f"{kind}.json"
+        done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "scan_sass.py"), kind, "--out", str(out)],
+                              capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+        if done.returncode != 0 and "No such file" in done.stderr + done.stdout:
+            pytest.skip("Triton's bundled cuobjdump is missing")
+        assert done.returncode == 0, done.stderr[-2000:]
+        report = json.loads(out.read_text())
+        assert report["stack"] == 0 and report["registers"] <= 168
+        longest = report["loops"][0]
+        assert longest["mix"].get("MUFU", 0) >= 16
+        if kind == "fwd":
+            assert 150 <= longest["instructions"] <= 260, longest
+        else:
+            assert len(report["loops"]) >= 3 and longest["mix"].get("SHFL", 0) > 0
+
+
 def test_sweep_table_takes_tiles_and_segments(capsys):
     """The sweep's table prints tile rows and the split sweep's rows (which name segments, not a tile): the
     split sweep of session 8 measured every row and then failed on the table."""

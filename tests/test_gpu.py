@@ -102,6 +102,36 @@ def test_whole_model_cuda_graph_replay(monkeypatch):
     assert _relative_error(captured, want) < 1e-3
 
 
+def test_product_weight_casts_match_autocasts_own(monkeypatch):
+    """On CUDA a forward without autograd under autocast casts every mixer's product weights by one copy
+    (``ProductWeightCasts``): the same logits as autocast's cast per product, and a weight changed between two
+    replays of a captured graph is seen by the second."""
+    model = _vim_tiny_cuda(monkeypatch)
+    images = torch.randn(8, 3, 224, 224, device="cuda")
+    with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16):
+        model.cast_products_once = False
+        want = model(images)
+        model.cast_products_once = None
+        got = model(images)
+    assert model._product_casts._buffers, "no casts were made on CUDA"
+    assert torch.equal(got, want)
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            model(images)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            captured = model(images)
+        model.layers[3].mixer.in_proj.weight.mul_(1.5)
+        graph.replay()
+        torch.cuda.synchronize()
+        model.cast_products_once = False
+        want = model(images)
+    assert torch.equal(captured, want)
+
+
 def test_whole_model_torch_compile(monkeypatch):
     model = _vim_tiny_cuda(monkeypatch)
     images = torch.randn(8, 3, 224, 224, device="cuda")
