@@ -8,12 +8,12 @@
 # holds, so name steps). The device tool brings back at most 8 files: end a call by packing $OUT into one archive
 # (session 8 lost its profile and ncu files to that limit).
 #   tests:   scan_tests, split_tests, conv_tests, proj_tests, model_tests
-#   sweep:   sweep_proj, sweep_v8, sweep_split, sweep_v7, sweep_v6b
+#   sweep:   sweep_proj, sweep_v10, sweep_v8, sweep_split, sweep_v7, sweep_v6b
 #   bench:   bench_targets, bench_fused, bench_graphs
 #   profile: kernel_profile, host, first_call, ncu_fwd, ncu_bwd, ncu_src
 # The next calls (sessions 8 and 9 could not make them: no device lent), ~6 minutes each on a fresh machine:
 #   for p in proj_tests model_tests sweep_proj bench_targets bench_fused kernel_profile first_call; do ...; done
-#   for p in bench_graphs host ncu_src; do ...; done
+#   for p in sweep_v10 bench_graphs host ncu_src; do ...; done
 #
 # 1. GPU correctness: full-size scans (both directions, every gradient; the backward's sm_90 registers), the
 #    forward split in time, the conv (SLIDE tiles included), the fused projections, the whole-model
@@ -72,6 +72,9 @@ if want model_tests tests; then
 fi
 if want sweep_proj sweep; then
     step 120 "proj_sweep-$tag.log" python benchmarks/proj_sweep.py --out "$out/proj_sweep-$tag.json"
+fi
+if want sweep_v10 sweep; then
+    step 150 "scan_sweep_v10-$tag.log" python benchmarks/scan_sweep.py --grid v10 --out "$out/scan_sweep_v10-$tag.json"
 fi
 if want sweep_v8 sweep; then
     step 150 "scan_sweep_v8-$tag.log" python benchmarks/scan_sweep.py --grid v8 --out "$out/scan_sweep_v8-$tag.json"

@@ -342,7 +342,7 @@ def main():
     p.add_argument("--profile", action="store_true")
     p.add_argument("--no-sweep", action="store_true")
     p.add_argument("--bwd-only", action="store_true")
-    p.add_argument("--grid", choices=("layouts", "dr", "v4", "bidir", "v5", "v6", "v6b", "v7", "v8", "split"),
+    p.add_argument("--grid", choices=("layouts", "dr", "v4", "bidir", "v5", "v6", "v6b", "v7", "v8", "v10", "split"),
                    default="layouts",
                    help="layouts: states over registers/lanes x chunk x warps (DR = 1); dr: the shipped rule "
                         "against one or two chunks in flight and against two channels per thread")
@@ -416,6 +416,16 @@ def main():
             "default", {"tile": (1, 8, 2, 1, 2, 16, 32), "maxnreg_bwd": 255},
             {"tile": (1, 8, 2, 1, 2, 16, 32), "maxnreg_bwd": 0}, {"tile": (1, 4, 2, 1, 4, 8, 32), "maxnreg_bwd": 168},
             {"tile": (1, 4, 2, 1, 4, 8, 32), "maxnreg_bwd": 255}, {"maxnreg_bwd": 255}])
+    elif not args.no_sweep and args.grid == "v10":
+        # session 9: the backward's segment length (K steps of T = 1; the forward saves a state every K). Phase A
+        # writes every step's state to a per-program scratch that phase B reads back: K x 1 KB a warp at the
+        # 224 tile, 32 KB at K = 32, ~50 MB over the 12 warps of 132 SMs, about the whole L2, so the scratch may
+        # be going to memory: ~2.4 GB a layer written and read at Vim-Ti 224, batch 128 (~0.5 ms of its 3.06 at
+        # HBM speed). Shorter segments keep it in L2 for the price of more saved states (K = 16: 2x the forward's
+        # 20 MB a direction) and shorter phase-A runs; phase A's chunk (TA) alongside
+        report["sweep"] = sweep_bidir_backward([
+            "default", (1, 8, 1, 1, 2, 16, 16), (1, 8, 1, 1, 2, 16, 8), (1, 8, 1, 1, 2, 16, 64),
+            (1, 8, 1, 1, 2, 16, 16, 2), (1, 8, 1, 1, 2, 16, 16, 8), (1, 8, 1, 1, 2, 16, 8, 8)])
     elif not args.no_sweep and args.grid == "split":
         report["sweep"] = sweep_split_in_time()
     elif not args.no_sweep and args.grid == "v7":
