@@ -12,8 +12,9 @@ in one process:
   and an inference forward under CPU autocast to bf16, for its operators and casts (what ``vimamba bench``
   runs under CUDA autocast; its milliseconds include the CPU's own bf16 products, so only its counts carry
   over);
-* PyTorch operators dispatched per call (a ``TorchDispatchMode`` count: every aten op, views included; and
-  the casts among them, operators whose output's dtype differs from their first input's) and
+* PyTorch operators dispatched per call (a ``TorchDispatchMode`` count: every aten op, views included; of
+  them those that would launch a GPU kernel: not views, allocations or host queries; and the casts among
+  them, operators whose output's dtype differs from their first input's) and
   Triton launches per call (Vim's kernels run in Triton's interpreter mode with every launch replaced by a
   no-op, so a launch here costs only vimamba's own Python around it, not Triton's launcher);
 * a cProfile of Vim's training step: the functions with the most own time.
@@ -56,18 +57,35 @@ def _stub_triton_launches():
     InterpretedFunction.run = run
 
 
+_NO_KERNEL = {"empty", "empty_strided", "promote_types", "_local_scalar_dense"}
+
+
+def _may_launch(func) -> bool:
+    """Whether an aten operator would launch a GPU kernel: not a view (an aliasing result that is not an in-place
+    write), not an allocation or a host-side query. (An estimate: a ``to`` call, whose result may alias its input,
+    counts only where it changed the dtype.)"""
+    if func.__name__.split(".")[0] in _NO_KERNEL:
+        return False
+    returns = func._schema.returns
+    alias = returns[0].alias_info if returns else None
+    return alias is None or alias.is_write
+
+
 class _CountOps(TorchDispatchMode):
     def __init__(self):
         super().__init__()
         self.ops = collections.Counter()
         self.casts = 0
+        self.kernels = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         self.ops[str(func.overloadpacket)] += 1
         out = func(*args, **(kwargs or {}))
-        if (isinstance(out, torch.Tensor) and args and isinstance(args[0], torch.Tensor)
-                and out.dtype != args[0].dtype):
-            self.casts += 1
+        cast = (isinstance(out, torch.Tensor) and args and isinstance(args[0], torch.Tensor)
+                and out.dtype != args[0].dtype)
+        self.casts += bool(cast)
+        # (a cast through ``to``, whose result may alias its input, launches when it makes a new tensor)
+        self.kernels += func.namespace == "aten" and (_may_launch(func) or bool(cast))
         return out
 
 
@@ -98,7 +116,7 @@ def _measure(name, fn):
     LAUNCHES.clear()
     with _CountOps() as counter:
         fn()
-    return {"ms": ms, "aten_ops": sum(counter.ops.values()), "casts": counter.casts,
+    return {"ms": ms, "aten_ops": sum(counter.ops.values()), "kernel_ops": counter.kernels, "casts": counter.casts,
             "triton_launches": sum(LAUNCHES.values()), "top_ops": counter.ops.most_common(12)}
 
 
@@ -141,13 +159,14 @@ def main():
     vim, deit = report["models"]["vim_tiny"], report["models"]["deit_tiny_sdpa"]
     print(f"host: {report['host']}, {report['cpus']} CPUs, torch {torch.__version__}; images {args.img_size}x"
           f"{args.img_size}, batch {args.batch}, fp32, Triton launches stubbed")
-    print("| call | model | ms | aten ops | casts | Triton launches | ms / block | Vim / DeiT (ms) |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| call | model | ms | aten ops | of them launching | casts | Triton launches | ms / block | Vim / DeiT (ms) |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for call in ("inference forward", "inference forward, autocast", "training step"):
         for short, m in (("vim_tiny", vim), ("deit_tiny_sdpa", deit)):
             r = m[call]
             ratio = f"{r['ms'] / deit[call]['ms']:.2f}x" if short == "vim_tiny" else ""
-            print(f"| {call} | {short} | {r['ms']:.2f} | {r['aten_ops']} | {r['casts']} | {r['triton_launches']} | "
+            print(f"| {call} | {short} | {r['ms']:.2f} | {r['aten_ops']} | {r['kernel_ops']} | {r['casts']} | "
+                  f"{r['triton_launches']} | "
                   f"{r['ms'] / m['depth']:.3f} | {ratio} |")
     print("\nVim-Ti training step, most frequent aten ops:", vim["training step"]["top_ops"])
     print("\n" + "\n".join(report["vim_train_profile"].splitlines()[:40]))

@@ -102,10 +102,14 @@ def test_whole_model_cuda_graph_replay(monkeypatch):
     assert _relative_error(captured, want) < 1e-3
 
 
-def test_product_weight_casts_match_autocasts_own(monkeypatch):
+@pytest.mark.parametrize("stacked", [False, True], ids=["branches", "stacked"])
+def test_product_weight_casts_match_autocasts_own(monkeypatch, stacked):
     """On CUDA a forward without autograd under autocast casts every mixer's product weights by one copy
-    (``ProductWeightCasts``): the same logits as autocast's cast per product, and a weight changed between two
-    replays of a captured graph is seen by the second."""
+    (``ProductWeightCasts``): the same logits as autocast's cast per product (bit for bit where each branch keeps
+    its products; up to bf16 rounding where small problems batch them over the branches), and a weight changed
+    between two replays of a captured graph is seen by the second."""
+    if not stacked:
+        monkeypatch.setattr("vimamba.layers.mamba_mixer.ONE_IN_PROJ_MAX_ELEMENTS", 0)
     model = _vim_tiny_cuda(monkeypatch)
     images = torch.randn(8, 3, 224, 224, device="cuda")
     with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16):
@@ -114,7 +118,7 @@ def test_product_weight_casts_match_autocasts_own(monkeypatch):
         model.cast_products_once = None
         got = model(images)
     assert model._product_casts._buffers, "no casts were made on CUDA"
-    assert torch.equal(got, want)
+    assert torch.equal(got, want) if not stacked else _relative_error(got, want) < 2e-2
     with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
@@ -129,7 +133,7 @@ def test_product_weight_casts_match_autocasts_own(monkeypatch):
         torch.cuda.synchronize()
         model.cast_products_once = False
         want = model(images)
-    assert torch.equal(captured, want)
+    assert torch.equal(captured, want) if not stacked else _relative_error(captured, want) < 2e-2
 
 
 def test_whole_model_torch_compile(monkeypatch):

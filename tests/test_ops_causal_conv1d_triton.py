@@ -217,6 +217,32 @@ def test_pair_matches_two_convs(length, dtype, layout):
         assert rel_err(got, single) <= TOL[dtype]
 
 
+@pytest.mark.parametrize("length", [1, 2, 7, 197])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_pair_stacked_side_by_side(length, dtype):
+    """``stacked=True``: the pair's two outputs side by side in one (batch, 2 dim, length) tensor stored as
+    (batch, length, 2 dim), the causal conv's channels first, on both backends; its gradients are the pair's."""
+    from vimamba.ops import causal_conv1d_pair_fn
+
+    x, (w, b, w2, b2) = _pair_inputs(2, 40, length, "transpose", dtype, True, seed=length + 1)
+    dout = torch.randn(2, 80, length, generator=torch.Generator().manual_seed(length)).to(DEVICE, dtype)
+    results = {}
+    for backend in ("triton", "reference"):
+        leaves = [t.clone().requires_grad_(True) for t in (x, w, b, w2, b2)]
+        both = causal_conv1d_pair_fn(*leaves, "silu", stacked=True, backend=backend)
+        assert both.shape == (2, 80, length) and both.transpose(1, 2).is_contiguous()
+        pair = causal_conv1d_pair_fn(*leaves, "silu", backend=backend)
+        assert torch.equal(both[:, :40], pair[0]) and torch.equal(both[:, 40:], pair[1])
+        grads = torch.autograd.grad(both, leaves, dout)
+        grads_pair = torch.autograd.grad(pair, leaves, (dout[:, :40], dout[:, 40:]))
+        for g, g_pair in zip(grads, grads_pair):
+            assert torch.equal(g, g_pair)
+        results[backend] = (both, grads)
+    assert rel_err(results["triton"][0], results["reference"][0]) <= TOL[dtype]
+    for g, g_ref in zip(results["triton"][1], results["reference"][1]):
+        assert rel_err(g, g_ref) <= TOL[dtype]
+
+
 def test_pair_without_bias_or_activation_and_with_grad():
     """No bias and no activation; with autograd the pair is the two differentiable convs (same values,
     gradients reach x and all four parameters)."""

@@ -78,6 +78,7 @@ def test_custom_ops_pass_opcheck():
     torch.library.opcheck(triton_conv1d._conv_fwd_op.op, (x, w, b, True, True))
     w2, b2 = (w.detach() * 2).requires_grad_(True), (b.detach() + 1).requires_grad_(True)
     torch.library.opcheck(triton_conv1d._conv_pair_op.op, (x, w, b, w2, b2, True))  # both convs, one pass each way
+    torch.library.opcheck(triton_conv1d._conv_pair_stacked_op.op, (x, w, b, w2, b2, True))  # side by side
     with torch.no_grad():
         douts = [torch.randn(2, 6, 9) for _ in range(2)]
         torch.library.opcheck(triton_conv1d._conv_pair_bwd_op.op,
@@ -120,6 +121,30 @@ def test_whole_model_triton_path_matches_reference(fused_proj, monkeypatch):
         fast = model(images)
         monkeypatch.setenv("VIMAMBA_BACKEND", "reference")
         torch.testing.assert_close(fast, model(images), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("fused_proj", [False, True], ids=["batched-proj", "fused-proj"])
+def test_stacked_inference_path_on_both_backends(fused_proj, monkeypatch):
+    """Without autograd under autocast with the product weights cast once (on CUDA by default, forced here), a
+    small problem runs the branches side by side (one conv output, batched x_proj/dt_proj products or the fused
+    kernel, one out_proj product): the Triton kernels (interpreted) agree with the references, and both with
+    the plain per-branch path up to bf16 rounding (each within 3% of the largest fp32 logit; 1-2% measured)."""
+    from vimamba.ops import ssm_proj
+
+    monkeypatch.setattr(ssm_proj, "FUSED_BY_DEFAULT", fused_proj)
+    model = tiny_vim().eval()
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        want = model(images)
+    got = {}
+    for backend in ("triton", "reference"):
+        monkeypatch.setenv("VIMAMBA_BACKEND", backend)
+        for once in (True, False):
+            model.cast_products_once = once
+            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+                got[backend, once] = model(images).float()
+    for key, logits in got.items():
+        assert (logits - want).abs().max() / want.abs().max() < 3e-2, key
 
 
 def test_torch_compile_keeps_one_graph(monkeypatch):

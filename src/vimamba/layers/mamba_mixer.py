@@ -13,9 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..ops import ScanInputs, bidirectional_selective_scan_fn, causal_conv1d_pair_fn, ssm_projections_fn
+from ..ops import (ScanInputs, bidirectional_selective_scan_fn, causal_conv1d_pair_fn, ssm_projections_fn,
+                   ssm_projections_fused)
 
-__all__ = ["BiMambaMixer", "ProductWeightCasts"]
+__all__ = ["BiMambaMixer", "MixerCasts", "ProductWeightCasts"]
 
 # Without autograd, x and z come from one in_proj product (one launch: what counts where the host bounds the
 # step, at 224 x 224) unless x's half alone would exceed this many elements; then from two, so that x's
@@ -85,43 +86,50 @@ class BiMambaMixer(nn.Module):
         with torch.no_grad():
             layer.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
 
-    def _convs(self, x):
+    def _convs(self, x, stacked=False):
         """Both branches' depthwise conv + SiLU: causal for the forward branch; the backward branch's runs from
         the end of the sequence instead of on a flipped copy, so everything stays in token order. On the Triton
-        path the two come from one pass over x, and so do their gradients."""
+        path the two come from one pass over x, and so do their gradients. ``stacked``: side by side in one
+        tensor (batch, 2 * d_inner, length)."""
         return causal_conv1d_pair_fn(x, self.conv1d.weight.squeeze(1), self.conv1d.bias,
-                                     self.conv1d_b.weight.squeeze(1), self.conv1d_b.bias, activation="silu")
+                                     self.conv1d_b.weight.squeeze(1), self.conv1d_b.bias, activation="silu",
+                                     stacked=stacked)
 
     def product_weights(self) -> list[torch.Tensor]:
-        """The weights of the mixer's matrix products, in the order ``forward_list``'s ``weights`` takes their
-        casts: in_proj, x_proj, dt_proj, x_proj_b, dt_proj_b, out_proj."""
+        """The weights of the mixer's matrix products, in the order ``ProductWeightCasts`` casts them: in_proj,
+        x_proj, dt_proj, x_proj_b, dt_proj_b, out_proj."""
         return [self.in_proj.weight, self.x_proj.weight, self.dt_proj.weight, self.x_proj_b.weight,
                 self.dt_proj_b.weight, self.out_proj.weight]
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.forward_list([hidden])
 
-    def forward_list(self, box: list, weights: list | None = None) -> torch.Tensor:
+    def forward_list(self, box: list, weights: MixerCasts | None = None) -> torch.Tensor:
         """``forward`` on ``[hidden]``, which it empties: without autograd the input is released as soon as
         the projections have read it (``VimBlock.forward_state`` passes it this way).
 
-        ``weights``: without autograd under autocast, the ``product_weights`` already in autocast's dtype, the
-        last (out_proj) halved where the branches are averaged (``ProductWeightCasts`` makes them), so that no
-        product casts its weight again."""
+        ``weights``: without autograd under autocast, this mixer's product weights already in autocast's dtype
+        (``ProductWeightCasts``), so that no product casts its weight again; below
+        ``ONE_IN_PROJ_MAX_ELEMENTS`` the two branches then also share their products (``_forward_stacked``)."""
         hidden = box.pop()
-        grad = torch.is_grad_enabled()
-        if grad:
-            weights = None
+        if torch.is_grad_enabled():
             xz = self.in_proj(hidden).transpose(1, 2)
+            del hidden
             x, z = xz.chunk(2, dim=1)
-        else:
-            w = self.in_proj.weight if weights is None else weights[0]
-            if hidden.numel() // self.dim * self.d_inner <= ONE_IN_PROJ_MAX_ELEMENTS:
-                x, z = F.linear(hidden, w).transpose(1, 2).chunk(2, dim=1)
-            else:  # x in a buffer of its own, freed once both convs have read it
-                x = F.linear(hidden, w[: self.d_inner]).transpose(1, 2)
-                z = F.linear(hidden, w[self.d_inner:]).transpose(1, 2)
+            return self._forward_branches(x, z, None, grad=True)
+        small = hidden.numel() // self.dim * self.d_inner <= ONE_IN_PROJ_MAX_ELEMENTS
+        w = self.in_proj.weight if weights is None else weights.in_proj
+        if small:
+            x, z = F.linear(hidden, w).transpose(1, 2).chunk(2, dim=1)
+        else:  # x in a buffer of its own, freed once both convs have read it
+            x = F.linear(hidden, w[: self.d_inner]).transpose(1, 2)
+            z = F.linear(hidden, w[self.d_inner:]).transpose(1, 2)
         del hidden
+        if weights is not None and small:
+            return self._forward_stacked(x, z, weights)
+        return self._forward_branches(x, z, weights, grad=False)
+
+    def _forward_branches(self, x, z, weights: MixerCasts | None, grad: bool) -> torch.Tensor:
         u_f, u_b = self._convs(x)
         del x
         # Each branch's input-dependent (delta, B, C): x_proj, then dt_proj (with the fused kernel, one launch for
@@ -131,7 +139,8 @@ class BiMambaMixer(nn.Module):
             proj_f, proj_b = ssm_projections_fn(u_f, self.x_proj.weight, self.dt_proj.weight,
                                                 second=(u_b, self.x_proj_b.weight, self.dt_proj_b.weight))
         else:
-            proj_f, proj_b = ssm_projections_fn(u_f, weights[1], weights[2], second=(u_b, weights[3], weights[4]))
+            wx, wdt = weights.x_proj, weights.dt_proj
+            proj_f, proj_b = ssm_projections_fn(u_f, wx[0], wdt[0], second=(u_b, wx[1], wdt[1]))
         fwd = ScanInputs(u_f, proj_f[0], self.A_log, proj_f[1], proj_f[2], self.D, self.dt_proj.bias)
         bwd = ScanInputs(u_b, proj_b[0], self.A_b_log, proj_b[1], proj_b[2], self.D_b, self.dt_proj_b.bias)
         del u_f, u_b, proj_f, proj_b
@@ -147,19 +156,72 @@ class BiMambaMixer(nn.Module):
             weight = self.out_proj.weight * 0.5 if self.divide_out else self.out_proj.weight
             weight = weight.to(y_f.dtype)
         else:
-            weight = weights[5]
+            weight = weights.out_proj
         out = F.linear(y_f.transpose(1, 2), weight, self.out_proj.bias)
         del y_f
         flat = out.view(-1, out.shape[-1])
         flat.addmm_(y_b.transpose(1, 2).reshape(-1, self.d_inner).to(flat.dtype), weight.t().to(flat.dtype))
         return out
 
+    def _forward_stacked(self, x, z, weights: MixerCasts) -> torch.Tensor:
+        """The branches side by side, for small problems, where the host's launches bound the step (224 x 224):
+        both convs write one (batch, length, 2 * d_inner) tensor; from it both branches' x_proj and then both
+        dt_proj run as one batched product each, and after the scans have written their outputs over it,
+        out_proj of both branches, summed and halved, is one product over its 2 * d_inner channels. Seven
+        launches a block where ``_forward_branches`` makes ten. (The sum of the branches is then rounded once,
+        after the product, where the two products round the first branch's part before adding the second's.)"""
+        inner, rank, n = self.d_inner, self.dt_rank, self.d_state
+        both = self._convs(x, stacked=True)  # (batch, 2 * inner, length) over (batch, length, 2 * inner)
+        del x
+        batch, _, length = both.shape
+        u_f, u_b = both[:, :inner], both[:, inner:]
+        if ssm_projections_fused(u_f):
+            wx, wdt = weights.x_proj, weights.dt_proj
+            proj_f, proj_b = ssm_projections_fn(u_f, wx[0], wdt[0], second=(u_b, wx[1], wdt[1]))
+        else:
+            rows = both.transpose(1, 2).reshape(batch * length, 2, inner).transpose(0, 1)
+            x_dbl = torch.bmm(rows, weights.x_proj_t)  # (2, tokens, rank + 2 * n)
+            del rows
+            delta = torch.bmm(x_dbl[..., :rank], weights.dt_proj_t)  # (2, tokens, inner)
+            # each branch's (delta, B, C) as (batch, channels, length) views (few view operators: they cost host
+            # time too)
+            delta = delta.view(2, batch, length, inner).transpose(2, 3).unbind(0)
+            x_dbl = x_dbl.view(2, batch, length, rank + 2 * n).transpose(2, 3)
+            B, C = x_dbl[:, :, rank:rank + n].unbind(0), x_dbl[:, :, rank + n:].unbind(0)
+            proj_f, proj_b = (delta[0], B[0], C[0]), (delta[1], B[1], C[1])
+            del x_dbl, delta, B, C
+        fwd = ScanInputs(u_f, proj_f[0], self.A_log, proj_f[1], proj_f[2], self.D, self.dt_proj.bias)
+        bwd = ScanInputs(u_b, proj_b[0], self.A_b_log, proj_b[1], proj_b[2], self.D_b, self.dt_proj_b.bias)
+        del u_f, u_b, proj_f, proj_b
+        bidirectional_selective_scan_fn(fwd, bwd, z, delta_softplus=True, out=(fwd.u, bwd.u), a_log=True)
+        del fwd, bwd, z
+        return F.linear(both.transpose(1, 2), weights.out_proj_pair(), self.out_proj.bias)
+
 
 _PLAIN = (torch.Tensor, nn.Parameter)
 
 
+class MixerCasts:
+    """One mixer's product weights in autocast's dtype, views of ``ProductWeightCasts``' buffers: ``in_proj``;
+    ``x_proj`` and ``dt_proj`` stacked over the two branches (forward first), also transposed for batched
+    products (``x_proj_t``, ``dt_proj_t``); ``out_proj`` halved where the branches are averaged;
+    ``out_proj_pair()`` that weight twice side by side (2 * d_inner inputs), made on first request in a forward,
+    for ``BiMambaMixer._forward_stacked``. Made once per set of buffers: views cost host operators too."""
+
+    __slots__ = ("in_proj", "x_proj", "dt_proj", "x_proj_t", "dt_proj_t", "out_proj", "_pair", "_owner")
+
+    def __init__(self, owner, in_proj, x_proj, dt_proj, out_proj, pair):
+        self._owner, self._pair = owner, pair
+        self.in_proj, self.x_proj, self.dt_proj, self.out_proj = in_proj, x_proj, dt_proj, out_proj
+        self.x_proj_t, self.dt_proj_t = x_proj.transpose(1, 2), dt_proj.transpose(1, 2)
+
+    def out_proj_pair(self) -> torch.Tensor:
+        self._owner._make_pairs()
+        return self._pair
+
+
 class ProductWeightCasts:
-    """The mixers' ``product_weights`` in autocast's dtype, for forwards without autograd, refreshed by one
+    """Every mixer's product weights in autocast's dtype, for forwards without autograd, refreshed by one
     multi-tensor copy per forward.
 
     Why: under autocast every ``F.linear`` casts its fp32 weight again on every call, a kernel launch each
@@ -170,37 +232,62 @@ class ProductWeightCasts:
     ``torch._foreach_copy_`` (and the halving by one ``torch._foreach_mul``) on every forward, so a weight
     changed between forwards in any way, ``.data`` included, is seen. The values are autocast's: fp32 rounded
     to its dtype, the halving done in fp32 before the rounding (as the mixer does without this). The buffers
-    are kept between forwards (Vim-Ti: 6.4 M values) until ``release``. ``VisionMamba`` uses it on CUDA devices
-    (``cast_products_once``)."""
+    (one per kind of weight, stacked over the mixers, which must agree in shapes) are kept between forwards
+    (Vim-Ti: 6.3 M values, 9.9 M with the out_proj pairs) until ``release``. ``VisionMamba`` uses it on CUDA
+    devices (``cast_products_once``)."""
 
     def __init__(self):
-        self._key = None
-        self._buffers: list[torch.Tensor] = []
+        self.release()
 
     def release(self) -> None:
         self._key = None
-        self._buffers = []
+        self._buffers: dict[str, torch.Tensor] = {}
+        self._targets: list[torch.Tensor] = []  # the copy's destinations, in product_weights' order per mixer
+        self._casts: list[MixerCasts] = []
+        self._pairs_fresh = False
 
-    def refresh(self, mixers: list, dtype: torch.dtype) -> list[list[torch.Tensor]] | None:
-        """Each mixer's cast weights (``forward_list``'s ``weights``), or None where the parameters already have
-        ``dtype`` (autocast then casts nothing either)."""
-        weights = [w for m in mixers for w in m.product_weights()]
-        if not weights or all(w.dtype == dtype for w in weights):
+    def refresh(self, mixers: list, dtype: torch.dtype) -> list[MixerCasts] | None:
+        """Each mixer's casts, or None where there is nothing to cast (the parameters already have ``dtype``,
+        as autocast then casts nothing either), the parameters are not plain tensors (FSDP's DTensors) or the
+        mixers differ in their weights' shapes or in halving."""
+        if not mixers:
             return None
-        if any(type(w) not in _PLAIN for w in weights):  # sharded (FSDP2's DTensors) or otherwise wrapped
+        weights = [m.product_weights() for m in mixers]
+        flat = [w for ws in weights for w in ws]
+        if all(w.dtype == dtype for w in flat) or any(type(w) not in _PLAIN for w in flat):
             return None
-        key = (dtype, tuple((w.shape, w.device) for w in weights))
+        shapes = tuple(w.shape for w in weights[0])
+        halve = mixers[0].divide_out
+        if any(tuple(w.shape for w in ws) != shapes for ws in weights) or any(m.divide_out != halve for m in mixers):
+            return None
+        device = flat[0].device
+        key = (dtype, device, len(mixers), shapes)
         if key != self._key:
+            count = len(mixers)
+            in_shape, x_shape, dt_shape, _, _, out_shape = shapes
             # ordinary tensors even when the first forward runs in inference mode, so that later forwards
             # under no_grad may still write them
             with torch.inference_mode(False):
-                self._buffers = [torch.empty(w.shape, device=w.device, dtype=dtype) for w in weights]
+                def buffer(*shape):
+                    return torch.empty((count, *shape), device=device, dtype=dtype)
+
+                b = self._buffers = {"in": buffer(*in_shape), "x": buffer(2, *x_shape), "dt": buffer(2, *dt_shape),
+                                     "out": buffer(*out_shape), "pair": buffer(out_shape[0], 2 * out_shape[1])}
+                self._targets = [t for i in range(count) for t in (
+                    b["in"][i], b["x"][i, 0], b["dt"][i, 0], b["x"][i, 1], b["dt"][i, 1], b["out"][i])]
+                self._casts = [MixerCasts(self, b["in"][i], b["x"][i], b["dt"][i], b["out"][i], b["pair"][i])
+                               for i in range(count)]
             self._key = key
-        per_mixer = len(weights) // len(mixers)
-        halved = [i for i, m in enumerate(mixers) if m.divide_out]
-        sources = list(weights)
-        if halved:
-            for i, w in zip(halved, torch._foreach_mul([weights[i * per_mixer + 5] for i in halved], 0.5)):
-                sources[i * per_mixer + 5] = w
-        torch._foreach_copy_(self._buffers, sources)
-        return [self._buffers[i * per_mixer:(i + 1) * per_mixer] for i in range(len(mixers))]
+        if halve:
+            for ws, out in zip(weights, torch._foreach_mul([ws[5] for ws in weights], 0.5)):
+                ws[5] = out
+        torch._foreach_copy_(self._targets, [w for ws in weights for w in ws])
+        self._pairs_fresh = False
+        return self._casts
+
+    def _make_pairs(self) -> None:
+        """Every mixer's out_proj cast twice side by side: one copy for all of them, once per forward."""
+        if not self._pairs_fresh:
+            out = self._buffers["out"]
+            torch.cat([out, out], dim=2, out=self._buffers["pair"])
+            self._pairs_fresh = True

@@ -33,6 +33,7 @@ __all__ = [
     "selective_scan_fn",
     "selective_scan_ref",
     "ssm_projections_fn",
+    "ssm_projections_fused",
     "ssm_projections_ref",
     "triton_available",
 ]
@@ -136,17 +137,24 @@ def causal_conv1d_pair_fn(
     bias_rev: torch.Tensor | None,
     activation: str | None = None,
     *,
+    stacked: bool = False,
     backend: str | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+):
     """Vim's two convs of one x: ``causal_conv1d_fn(x, weight, bias, activation)`` and the anti-causal
     ``causal_conv1d_fn(x, weight_rev, bias_rev, activation, reverse=True)``. On the Triton backend both come from
-    one pass over x, and their backward is one pass too."""
+    one pass over x, and their backward is one pass too.
+
+    ``stacked``: one tensor (batch, 2 * dim, length) instead of two, the causal conv's channels first, stored as
+    (batch, length, 2 * dim): both branches' tokens side by side, for products batched over the branches."""
     if resolve_backend(x, backend) == "triton":
         from .causal_conv1d.triton_conv1d import causal_conv1d_pair_triton
 
-        return causal_conv1d_pair_triton(x, weight, bias, weight_rev, bias_rev, activation)
-    return (causal_conv1d_ref(x, weight, bias, activation),
+        return causal_conv1d_pair_triton(x, weight, bias, weight_rev, bias_rev, activation, stacked)
+    pair = (causal_conv1d_ref(x, weight, bias, activation),
             causal_conv1d_ref(x, weight_rev, bias_rev, activation, reverse=True))
+    if stacked:
+        return torch.cat([u.transpose(1, 2) for u in pair], dim=2).transpose(1, 2)
+    return pair
 
 
 def add_rms_norm(
@@ -164,6 +172,20 @@ def add_rms_norm(
 
         return add_rms_norm_triton(x, residual, weight, eps, residual_in_fp32)
     return add_rms_norm_ref(x, residual, weight, eps, residual_in_fp32)
+
+
+def ssm_projections_fused(u: torch.Tensor, x_proj_weight: torch.Tensor | None = None,
+                          dt_proj_weight: torch.Tensor | None = None, *, backend: str | None = None) -> bool:
+    """Whether ``ssm_projections_fn`` takes the fused kernel for these arguments (weights None: weights of u's
+    dtype or autocast's)."""
+    if resolve_backend(u, backend) != "triton" or (backend is None and not ssm_proj.FUSED_BY_DEFAULT):
+        return False
+    # the kernel computes in u's dtype: what the reference does under autocast to that dtype, or without
+    # autocast when the weights have it too
+    device_type = u.device.type
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type) == u.dtype
+    return all(w is None or w.dtype == u.dtype for w in (x_proj_weight, dt_proj_weight))
 
 
 def ssm_projections_fn(
@@ -189,16 +211,7 @@ def ssm_projections_fn(
         first = ssm_projections_ref(u, x_proj_weight, dt_proj_weight)
         return first if second is None else (first, ssm_projections_ref(*second))
 
-    if resolve_backend(u, backend) != "triton" or (backend is None and not ssm_proj.FUSED_BY_DEFAULT):
-        return ref()
-    # the kernel computes in u's dtype: what the reference does under autocast to that dtype, or without
-    # autocast when the weights have it too
-    device_type = u.device.type
-    if torch.is_autocast_enabled(device_type):
-        same_rule = torch.get_autocast_dtype(device_type) == u.dtype
-    else:
-        same_rule = x_proj_weight.dtype == u.dtype and dt_proj_weight.dtype == u.dtype
-    if not same_rule:
+    if not ssm_projections_fused(u, x_proj_weight, dt_proj_weight, backend=backend):
         return ref()
     from .ssm_proj.triton_ssm_proj import ssm_projections_triton
 

@@ -457,15 +457,20 @@ def _empty_like_layout(x: torch.Tensor) -> torch.Tensor:
     return torch.empty((batch, dim, length), device=x.device, dtype=x.dtype)
 
 
-def _launch_fwd(x, weight, bias, silu, reverse, second=None):
+def _launch_fwd(x, weight, bias, silu, reverse, second=None, stacked=False):
     """One forward launch. ``second``: (weight, bias) of an anti-causal conv of the same x, computed in the same
-    pass (``reverse`` is then False); returns both outputs."""
+    pass (``reverse`` is then False); returns both outputs, or with ``stacked`` one (batch, 2 dim, length) view of
+    a (batch, length, 2 dim) tensor holding them side by side."""
     batch, dim, length = x.shape
     width = weight.shape[1]
-    out = _empty_like_layout(x)
-    out2 = _empty_like_layout(x) if second is not None else out
+    if stacked:
+        both = torch.empty((batch, length, 2 * dim), device=x.device, dtype=x.dtype).transpose(1, 2)
+        out, out2 = both[:, :dim], both[:, dim:]
+    else:
+        out = _empty_like_layout(x)
+        out2 = _empty_like_layout(x) if second is not None else out
     if out.numel() == 0:
-        return out if second is None else (out, out2)
+        return both if stacked else out if second is None else (out, out2)
     w2, b2 = second if second is not None else (weight, bias)  # (the pair's caller checked they match)
     l_contig = x.stride(2) == 1 or length == 1
     kern, interp, tuned = _get_kernel("fwd", l_contig, False if _FWD_TILE_OVERRIDE else None)
@@ -490,7 +495,7 @@ def _launch_fwd(x, weight, bias, silu, reverse, second=None):
         W=width, REVERSE=bool(reverse), HAS_BIAS=bias is not None, SILU=bool(silu), PAIR=second is not None,
         **extra,
     )
-    return out if second is None else (out, out2)
+    return both if stacked else out if second is None else (out, out2)
 
 
 def _length_chunks(n_lblocks: int, batch: int, dim: int, l_contig: bool, device, interp: bool):
@@ -669,6 +674,27 @@ _conv_pair_op = eager_op("vimamba::causal_conv1d_fwd_pair", _conv_pair_impl,
 _conv_pair_op.op.register_fake(_conv_pair_fake)
 
 
+def _conv_pair_stacked_impl(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                            weight2: torch.Tensor, bias2: Optional[torch.Tensor], silu: bool) -> torch.Tensor:
+    return _launch_fwd(x, weight, bias, silu, False, second=(weight2, bias2), stacked=True)
+
+
+def _conv_pair_stacked_fake(x, weight, bias, weight2, bias2, silu):
+    batch, dim, length = x.shape
+    return x.new_empty((batch, length, 2 * dim)).transpose(1, 2)
+
+
+def _conv_pair_stacked_backward(ctx, dboth):
+    dim = ctx.saved_tensors[0].shape[1]
+    return _conv_pair_backward(ctx, dboth[:, :dim], dboth[:, dim:])
+
+
+# The pair's two outputs side by side in one tensor, for batched products over the two branches
+_conv_pair_stacked_op = eager_op("vimamba::causal_conv1d_fwd_pair_stacked", _conv_pair_stacked_impl,
+                                 backward=_conv_pair_stacked_backward, setup_context=_conv_pair_setup_context)
+_conv_pair_stacked_op.op.register_fake(_conv_pair_stacked_fake)
+
+
 def _check_conv_call(x, weight, bias, activation):
     check_conv_inputs(x, weight, activation)
     if not 1 <= weight.shape[1] <= 4:
@@ -687,10 +713,12 @@ def causal_conv1d_pair_triton(
     weight_rev: torch.Tensor,
     bias_rev: Optional[torch.Tensor],
     activation: Optional[str] = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    stacked: bool = False,
+):
     """``(causal_conv1d_triton(x, weight, bias, activation), causal_conv1d_triton(x, weight_rev, bias_rev,
     activation, reverse=True))``: Vim's two convs of one x. Both come from one pass over x (x read once), and
-    their backward is one pass too (dx summed in the kernel, written once)."""
+    their backward is one pass too (dx summed in the kernel, written once). ``stacked``: the two side by side
+    in one tensor instead (see ``causal_conv1d_pair_fn``)."""
     _check_conv_call(x, weight, bias, activation)
     _check_conv_call(x, weight_rev, bias_rev, activation)
     # one kernel reads both weights through one set of strides: refused in either mode, so that a pair that
@@ -705,6 +733,8 @@ def causal_conv1d_pair_triton(
         bias = bias.contiguous()  # as in causal_conv1d_triton
     if bias_rev is not None:
         bias_rev = bias_rev.contiguous()
+    if stacked:
+        return _conv_pair_stacked_op(x, weight, bias, weight_rev, bias_rev, silu)
     return _conv_pair_op(x, weight, bias, weight_rev, bias_rev, silu)
 
 
