@@ -18,8 +18,9 @@ from ..ops import (ScanInputs, bidirectional_selective_scan_fn, causal_conv1d_pa
 
 __all__ = ["BiMambaMixer", "MixerCasts", "ProductWeightCasts"]
 
-# Without autograd, x and z come from one in_proj product (one launch: what counts where the host bounds the
-# step, at 224 x 224) unless x's half alone would exceed this many elements; then from two, so that x's
+# Without autograd, problems up to this many elements in x (tokens x d_inner) are small: x and z come from one
+# in_proj product, and with cast weights the branches run side by side (``_forward_stacked``), which saves
+# launches where the host bounds the step (224 x 224). Larger ones take x and z from two products, so that x's
 # buffer is freed as soon as both convs have read it (the peak at 1248 x 1248: Vim-Ti batch 64 has 150 M).
 ONE_IN_PROJ_MAX_ELEMENTS = 1 << 26
 
