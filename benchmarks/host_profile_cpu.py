@@ -120,7 +120,7 @@ def _measure(name, fn):
             "triton_launches": sum(LAUNCHES.values()), "top_ops": counter.ops.most_common(12)}
 
 
-def _profile(fn, top=18):
+def _profile(fn, top=30):
     prof = cProfile.Profile()
     prof.enable()
     for _ in range(5):
@@ -169,7 +169,7 @@ def main():
                   f"{r['triton_launches']} | "
                   f"{r['ms'] / m['depth']:.3f} | {ratio} |")
     print("\nVim-Ti training step, most frequent aten ops:", vim["training step"]["top_ops"])
-    print("\n" + "\n".join(report["vim_train_profile"].splitlines()[:40]))
+    print("\n" + "\n".join(report["vim_train_profile"].splitlines()[:50]))
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(report, f, indent=1)

@@ -67,7 +67,7 @@ def test_host_profile_counts_vims_launches(tmp_path):
     for model in (vim, deit):
         for call in ("inference forward", "inference forward, autocast", "training step"):
             assert model[call]["ms"] > 0 and model[call]["aten_ops"] > 0
-    assert "forward_list" in report["vim_train_profile"]
+    assert "src/vimamba/" in report["vim_train_profile"]  # (which of its functions make the top 30 varies)
 
 
 def test_scan_sass_reads_the_step_loops(tmp_path):
