@@ -7,7 +7,7 @@ from torch import nn
 from timm.layers import DropPath, RmsNorm
 
 from ..ops import add_rms_norm
-from .mamba_mixer import BiMambaMixer
+from .mamba_mixer import BiMambaMixer, MixerCasts
 
 __all__ = ["VimBlock"]
 
@@ -40,7 +40,7 @@ class VimBlock(nn.Module):
         normed, residual = add_rms_norm(hidden, residual, self.norm.weight, self.norm.eps, self.residual_in_fp32)
         return self.mixer(normed), residual
 
-    def forward_state(self, state: list, weights: list | None = None) -> None:
+    def forward_state(self, state: list, weights: MixerCasts | None = None) -> None:
         """``forward`` on a list ``[hidden, residual]`` that it empties and refills with the two outputs.
 
         Why: called as ``forward(hidden, residual)``, the caller's frames keep both inputs alive while the

@@ -21,7 +21,8 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models._features import feature_take_indices
 from huggingface_hub import PyTorchModelHubMixin
 
-from ..layers import ProductWeightCasts, StridedPatchEmbed, VimBlock, VisionRope, resample_mid_cls_pos_embed
+from ..layers import (MixerCasts, ProductWeightCasts, StridedPatchEmbed, VimBlock, VisionRope,
+                      resample_mid_cls_pos_embed)
 from ..ops import add_rms_norm
 from .hub import load_hub_folder, save_hub_folder
 
@@ -235,7 +236,7 @@ class VisionMamba(
             self._product_casts.release()
         return super().train(mode)
 
-    def _cast_products(self, images: torch.Tensor, layers) -> list | None:
+    def _cast_products(self, images: torch.Tensor, layers) -> list[MixerCasts] | None:
         """Each of ``layers``' mixer product weights cast for this forward, or None (autograd, torch.compile, no
         autocast, blocks with hooks (called as modules: FSDP's unshard their parameters there), or parameters
         already in autocast's dtype: each product then does what autocast says)."""
@@ -251,7 +252,7 @@ class VisionMamba(
             return None
         return self._product_casts.refresh([block.mixer for block in layers], torch.get_autocast_dtype(device_type))
 
-    def _run_block(self, block: nn.Module, state: list, rope_args=None, weights: list | None = None) -> None:
+    def _run_block(self, block: nn.Module, state: list, rope_args=None, weights: MixerCasts | None = None) -> None:
         """Block ``block`` on ``state = [hidden, residual]``, replaced by the block's outputs (``weights``: its
         mixer's cast product weights, see ``_cast_products``).
 
