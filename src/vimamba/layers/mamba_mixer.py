@@ -130,21 +130,26 @@ class BiMambaMixer(nn.Module):
             return self._forward_stacked(x, z, weights)
         return self._forward_branches(x, z, weights, grad=False)
 
+    def _projections(self, u_f, u_b, weights: MixerCasts | None):
+        """Each branch's input-dependent (delta, B, C): x_proj, then dt_proj (with the fused kernel, one launch for
+        both branches' four products), with the cast weights where given."""
+        if weights is None:
+            return ssm_projections_fn(u_f, self.x_proj.weight, self.dt_proj.weight,
+                                      second=(u_b, self.x_proj_b.weight, self.dt_proj_b.weight))
+        wx, wdt = weights.x_proj, weights.dt_proj
+        return ssm_projections_fn(u_f, wx[0], wdt[0], second=(u_b, wx[1], wdt[1]))
+
+    def _scan_inputs(self, u_f, u_b, proj_f, proj_b) -> tuple[ScanInputs, ScanInputs]:
+        """Both branches' scan inputs. A_log as it is stored: the scan computes A = -exp(A_log) itself (a_log=True
+        in the callers), and takes A_log, D and the bias in fp32 whatever their dtype."""
+        return (ScanInputs(u_f, proj_f[0], self.A_log, proj_f[1], proj_f[2], self.D, self.dt_proj.bias),
+                ScanInputs(u_b, proj_b[0], self.A_b_log, proj_b[1], proj_b[2], self.D_b, self.dt_proj_b.bias))
+
     def _forward_branches(self, x, z, weights: MixerCasts | None, grad: bool) -> torch.Tensor:
         u_f, u_b = self._convs(x)
         del x
-        # Each branch's input-dependent (delta, B, C): x_proj, then dt_proj (with the fused kernel, one launch for
-        # both branches' four products). A_log as it is stored: the scan computes A = -exp(A_log) itself
-        # (a_log=True below), and takes A_log, D and the bias in fp32 whatever their dtype.
-        if weights is None:
-            proj_f, proj_b = ssm_projections_fn(u_f, self.x_proj.weight, self.dt_proj.weight,
-                                                second=(u_b, self.x_proj_b.weight, self.dt_proj_b.weight))
-        else:
-            wx, wdt = weights.x_proj, weights.dt_proj
-            proj_f, proj_b = ssm_projections_fn(u_f, wx[0], wdt[0], second=(u_b, wx[1], wdt[1]))
-        fwd = ScanInputs(u_f, proj_f[0], self.A_log, proj_f[1], proj_f[2], self.D, self.dt_proj.bias)
-        bwd = ScanInputs(u_b, proj_b[0], self.A_b_log, proj_b[1], proj_b[2], self.D_b, self.dt_proj_b.bias)
-        del u_f, u_b, proj_f, proj_b
+        fwd, bwd = self._scan_inputs(u_f, u_b, *self._projections(u_f, u_b, weights))
+        del u_f, u_b
         # Both scans in one launch; without autograd each writes its output over its own u (no new tensors).
         y_f, y_b = bidirectional_selective_scan_fn(fwd, bwd, z, delta_softplus=True,
                                                    out=None if grad else (fwd.u, bwd.u), a_log=True)
@@ -177,8 +182,7 @@ class BiMambaMixer(nn.Module):
         batch, _, length = both.shape
         u_f, u_b = both[:, :inner], both[:, inner:]
         if ssm_projections_fused(u_f):
-            wx, wdt = weights.x_proj, weights.dt_proj
-            proj_f, proj_b = ssm_projections_fn(u_f, wx[0], wdt[0], second=(u_b, wx[1], wdt[1]))
+            proj_f, proj_b = self._projections(u_f, u_b, weights)
         else:
             rows = both.transpose(1, 2).reshape(batch * length, 2, inner).transpose(0, 1)
             x_dbl = torch.bmm(rows, weights.x_proj_t)  # (2, tokens, rank + 2 * n)
@@ -191,8 +195,7 @@ class BiMambaMixer(nn.Module):
             B, C = x_dbl[:, :, rank:rank + n].unbind(0), x_dbl[:, :, rank + n:].unbind(0)
             proj_f, proj_b = (delta[0], B[0], C[0]), (delta[1], B[1], C[1])
             del x_dbl, delta, B, C
-        fwd = ScanInputs(u_f, proj_f[0], self.A_log, proj_f[1], proj_f[2], self.D, self.dt_proj.bias)
-        bwd = ScanInputs(u_b, proj_b[0], self.A_b_log, proj_b[1], proj_b[2], self.D_b, self.dt_proj_b.bias)
+        fwd, bwd = self._scan_inputs(u_f, u_b, proj_f, proj_b)
         del u_f, u_b, proj_f, proj_b
         bidirectional_selective_scan_fn(fwd, bwd, z, delta_softplus=True, out=(fwd.u, bwd.u), a_log=True)
         del fwd, bwd, z

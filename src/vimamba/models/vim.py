@@ -236,21 +236,19 @@ class VisionMamba(
             self._product_casts.release()
         return super().train(mode)
 
-    def _cast_products(self, images: torch.Tensor, layers) -> list[MixerCasts] | None:
-        """Each of ``layers``' mixer product weights cast for this forward, or None (autograd, torch.compile, no
+    def _cast_products(self, images: torch.Tensor, layers) -> list[MixerCasts | None]:
+        """Each of ``layers``' mixer product weights cast for this forward, or Nones (autograd, torch.compile, no
         autocast, blocks with hooks (called as modules: FSDP's unshard their parameters there), or parameters
         already in autocast's dtype: each product then does what autocast says)."""
+        casts = None
         device_type = images.device.type
         once = self.cast_products_once
-        if not (once or (once is None and device_type == "cuda")):
-            return None
-        if torch.is_grad_enabled() or torch.compiler.is_compiling():
-            return None
-        if any(block._forward_hooks or block._forward_pre_hooks for block in layers):
-            return None
-        if not torch.is_autocast_enabled(device_type):
-            return None
-        return self._product_casts.refresh([block.mixer for block in layers], torch.get_autocast_dtype(device_type))
+        if ((once or (once is None and device_type == "cuda")) and not torch.is_grad_enabled()
+                and not torch.compiler.is_compiling() and torch.is_autocast_enabled(device_type)
+                and not any(block._forward_hooks or block._forward_pre_hooks for block in layers)):
+            casts = self._product_casts.refresh([block.mixer for block in layers],
+                                                torch.get_autocast_dtype(device_type))
+        return casts or [None] * len(layers)
 
     def _run_block(self, block: nn.Module, state: list, rope_args=None, weights: MixerCasts | None = None) -> None:
         """Block ``block`` on ``state = [hidden, residual]``, replaced by the block's outputs (``weights``: its
@@ -286,8 +284,8 @@ class VisionMamba(
         rope_args = self._rope_args(x)
         casts = self._cast_products(x, self.layers)
         state = [self._embed(x), None]
-        for i, block in enumerate(self.layers):
-            self._run_block(block, state, rope_args, casts[i] if casts else None)
+        for block, weights in zip(self.layers, casts):
+            self._run_block(block, state, rope_args, weights)
         return self._finish(*state)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
@@ -335,8 +333,8 @@ class VisionMamba(
         layers = self.layers[: max_index + 1] if stop_early else self.layers
         casts = self._cast_products(x, layers)
         intermediates = []
-        for i, block in enumerate(layers):
-            self._run_block(block, state, rope_args, casts[i] if casts else None)
+        for i, (block, weights) in enumerate(zip(layers, casts)):
+            self._run_block(block, state, rope_args, weights)
             if i in take_indices:
                 if mixer_output:
                     intermediates.append(state[0])
