@@ -33,13 +33,36 @@ except ImportError:  # pragma: no cover - exercised only without triton
 
     tl = _NoTriton()
 
-__all__ = ["HAS_TRITON", "autotune_enabled", "cdiv", "eager_op", "next_pow2", "num_sms", "register_cap", "tl",
-           "triton"]
+__all__ = ["HAS_TRITON", "autotune_enabled", "cdiv", "eager_op", "lazy_kernel", "next_pow2", "num_sms",
+           "register_cap", "tl", "triton"]
 
 
 def autotune_enabled() -> bool:
     """``VIMAMBA_TRITON_AUTOTUNE=0`` skips autotuning: the first (heuristic) config of each list is used."""
     return os.environ.get("VIMAMBA_TRITON_AUTOTUNE", "1").strip() != "0"
+
+
+def lazy_kernel(cache: dict, key: tuple, fn, configs=None, tune_key=(), tune=None):
+    """``(kernel, interpreted, autotuned)``: ``fn`` decorated for the mode in force now, kept in ``cache`` under
+    ``key`` plus that mode.
+
+    ``triton.jit`` decides, from TRITON_INTERPRET as it is at this call, between a compiled kernel and one for
+    the interpreter; a compiled one is autotuned over ``configs()`` (a callable returning ``triton.Config``s,
+    None for none) on ``tune_key`` unless ``tune`` is False (default: ``autotune_enabled()``). One entry is kept
+    per setting of the two variables, so tests may switch either at run time."""
+    tune = autotune_enabled() if tune is None else tune
+    full_key = (*key, os.environ.get("TRITON_INTERPRET", ""), tune)
+    entry = cache.get(full_key)
+    if entry is None:
+        from triton.runtime.jit import JITFunction
+
+        kernel = triton.jit(fn)
+        interp = not isinstance(kernel, JITFunction)
+        tuned = bool(tune) and not interp and configs is not None
+        if tuned:
+            kernel = triton.autotune(configs=configs(), key=list(tune_key))(kernel)
+        entry = cache[full_key] = (kernel, interp, tuned)
+    return entry
 
 
 def cdiv(a: int, b: int) -> int:

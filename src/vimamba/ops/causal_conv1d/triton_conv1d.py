@@ -44,16 +44,12 @@ Kernels are turned into Triton functions on first use, not at import, and their 
 ``triton.language`` builtins: ``ops/_triton.py`` says why.
 """
 
-import os
 from typing import Optional
 
 import torch
 
-from .._triton import HAS_TRITON, autotune_enabled, cdiv, eager_op, next_pow2, num_sms, tl, triton
+from .._triton import HAS_TRITON, cdiv, eager_op, lazy_kernel, next_pow2, num_sms, tl, triton
 from .reference import check_conv_inputs
-
-if HAS_TRITON:
-    from triton.runtime.jit import JITFunction
 
 __all__ = ["HAS_TRITON", "causal_conv1d_pair_triton", "causal_conv1d_triton"]
 
@@ -409,29 +405,19 @@ _KERNELS = {}
 
 
 def _get_kernel(name: str, l_contig: bool, tune: Optional[bool] = None):
-    """(kernel, interpreted, autotuned) for the current mode.
-
-    ``triton.jit`` itself decides, from TRITON_INTERPRET as it is now, between a compiled kernel (autotuned
-    here over a few tiles unless VIMAMBA_TRITON_AUTOTUNE=0) and one for the interpreter (run with the fixed
-    _INTERP_TILES); one of each is kept per setting of the two variables.
-    """
-    tune = autotune_enabled() if tune is None else tune
-    key = (name, l_contig, os.environ.get("TRITON_INTERPRET", ""), tune)
-    entry = _KERNELS.get(key)
-    if entry is None:
-        fn = triton.jit(_conv1d_fwd_kernel if name == "fwd" else _conv1d_bwd_kernel)
-        interp = not isinstance(fn, JITFunction)
-        tuned = tune and not interp
-        if tuned:
-            if name == "fwd":
-                configs = [triton.Config({"BLOCK_D": bd, "BLOCK_L": bl, "SLIDE": slide}, num_warps=nw)
-                           for bd, bl, nw, slide in _tiles_fwd(l_contig)]
-            else:
-                configs = [triton.Config({"BLOCK_D": bd}, num_warps=nw) for bd, nw in _tiles_bwd_d(l_contig)]
-            tune_key = ["D", "L", "W", "stride_xd", "stride_xl", "PAIR"]  # (one conv and the pair tune apart)
-            fn = triton.autotune(configs=configs, key=tune_key)(fn)
-        entry = _KERNELS[key] = (fn, interp, tuned)
-    return entry
+    """(kernel, interpreted, autotuned) for the current mode (``lazy_kernel``); compiled, it is autotuned over
+    a few tiles, the interpreter runs the fixed _INTERP_TILES."""
+    if name == "fwd":
+        def configs():
+            return [triton.Config({"BLOCK_D": bd, "BLOCK_L": bl, "SLIDE": slide}, num_warps=nw)
+                    for bd, bl, nw, slide in _tiles_fwd(l_contig)]
+    else:
+        def configs():
+            return [triton.Config({"BLOCK_D": bd}, num_warps=nw) for bd, nw in _tiles_bwd_d(l_contig)]
+    fn = _conv1d_fwd_kernel if name == "fwd" else _conv1d_bwd_kernel
+    # (one conv and the pair tune apart)
+    return lazy_kernel(_KERNELS, (name, l_contig), fn, configs, ("D", "L", "W", "stride_xd", "stride_xl", "PAIR"),
+                       tune)
 
 
 def _check_device(x: torch.Tensor) -> None:

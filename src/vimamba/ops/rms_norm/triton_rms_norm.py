@@ -27,15 +27,11 @@ Kernels are turned into Triton functions on first use, not at import, and their 
 ``triton.language`` builtins: ``ops/_triton.py`` says why.
 """
 
-import os
 from typing import Optional, Tuple
 
 import torch
 
-from .._triton import HAS_TRITON, autotune_enabled, cdiv, eager_op, next_pow2, num_sms, tl, triton
-
-if HAS_TRITON:
-    from triton.runtime.jit import JITFunction
+from .._triton import HAS_TRITON, cdiv, eager_op, lazy_kernel, next_pow2, num_sms, tl, triton
 
 __all__ = ["HAS_TRITON", "add_rms_norm_triton"]
 
@@ -161,28 +157,18 @@ _KERNELS = {}
 
 
 def _get_kernel(name: str, block_h: int):
-    """(kernel, interpreted, autotuned) for the current mode.
+    """(kernel, interpreted, autotuned) for the current mode (``lazy_kernel``)."""
+    if name == "fwd":
+        def configs():
+            return [triton.Config({"BLOCK_M": bm}, num_warps=nw) for bm, nw in _fwd_configs(block_h)]
 
-    ``triton.jit`` itself decides, from TRITON_INTERPRET as it is now, between a compiled kernel (autotuned
-    here over a few configs unless VIMAMBA_TRITON_AUTOTUNE=0) and one for the interpreter; one of each is
-    kept per setting of the two variables.
-    """
-    tune = autotune_enabled()
-    key = (name, block_h, os.environ.get("TRITON_INTERPRET", ""), tune)
-    entry = _KERNELS.get(key)
-    if entry is None:
-        fn = triton.jit(_add_rms_norm_fwd_kernel if name == "fwd" else _add_rms_norm_bwd_kernel)
-        interp = not isinstance(fn, JITFunction)
-        tuned = tune and not interp
-        if tuned:
-            if name == "fwd":
-                configs = [triton.Config({"BLOCK_M": bm}, num_warps=nw) for bm, nw in _fwd_configs(block_h)]
-                fn = triton.autotune(configs=configs, key=["n_rows", "H", "HAS_RES", "STORE_STREAM"])(fn)
-            else:  # BLOCK_M is fixed (it sets the persistent grid); only the warps are tuned
-                configs = [triton.Config({}, num_warps=nw) for nw in _bwd_warps(block_h)]
-                fn = triton.autotune(configs=configs, key=["n_rows", "H", "HAS_GY", "HAS_GS"])(fn)
-        entry = _KERNELS[key] = (fn, interp, tuned)
-    return entry
+        return lazy_kernel(_KERNELS, (name, block_h), _add_rms_norm_fwd_kernel, configs,
+                           ("n_rows", "H", "HAS_RES", "STORE_STREAM"))
+
+    def configs():  # BLOCK_M is fixed (it sets the persistent grid); only the warps are tuned
+        return [triton.Config({}, num_warps=nw) for nw in _bwd_warps(block_h)]
+
+    return lazy_kernel(_KERNELS, (name, block_h), _add_rms_norm_bwd_kernel, configs, ("n_rows", "H", "HAS_GY", "HAS_GS"))
 
 
 def _as_rows(t: torch.Tensor, hidden: int) -> torch.Tensor:

@@ -22,15 +22,11 @@ The kernel is turned into a Triton function on first use, not at import, and its
 ``triton.language`` builtins: ``ops/_triton.py`` says why.
 """
 
-import os
 from typing import Optional, Sequence, Tuple
 
 import torch
 
-from .._triton import HAS_TRITON, autotune_enabled, cdiv, eager_op, next_pow2, tl, triton
-
-if HAS_TRITON:
-    from triton.runtime.jit import JITFunction
+from .._triton import HAS_TRITON, cdiv, eager_op, lazy_kernel, next_pow2, tl, triton
 
 __all__ = ["HAS_TRITON", "ssm_projections_triton"]
 
@@ -115,21 +111,12 @@ _KERNELS = {}
 
 
 def _get_kernel(ieee: bool = False):
-    """(kernel, interpreted, autotuned) for the current mode (see ops/_triton.py: decided at first use) and
-    input precision."""
-    tune = autotune_enabled()
-    key = (os.environ.get("TRITON_INTERPRET", ""), tune, ieee)
-    entry = _KERNELS.get(key)
-    if entry is None:
-        fn = triton.jit(_ssm_proj_kernel)
-        interp = not isinstance(fn, JITFunction)
-        tuned = tune and not interp
-        if tuned:
-            configs = [triton.Config({"BLOCK_M": bm, "BLOCK_K": bk, "BLOCK_N": bn}, num_warps=nw)
-                       for bm, bk, bn, nw in _configs(ieee)]
-            fn = triton.autotune(configs=configs, key=["E", "R", "NBC", "IEEE"])(fn)
-        entry = _KERNELS[key] = (fn, interp, tuned)
-    return entry
+    """(kernel, interpreted, autotuned) for the current mode (``lazy_kernel``) and input precision."""
+    def configs():
+        return [triton.Config({"BLOCK_M": bm, "BLOCK_K": bk, "BLOCK_N": bn}, num_warps=nw)
+                for bm, bk, bn, nw in _configs(ieee)]
+
+    return lazy_kernel(_KERNELS, (ieee,), _ssm_proj_kernel, configs, ("E", "R", "NBC", "IEEE"))
 
 
 def _rows(u: torch.Tensor) -> torch.Tensor:
