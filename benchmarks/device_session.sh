@@ -8,8 +8,8 @@
 # holds, so name steps). The device tool brings back at most 8 files: end a call by packing $OUT into one archive
 # (session 8 lost its profile and ncu files to that limit).
 #   tests:   scan_tests, split_tests, conv_tests, proj_tests, model_tests
-#   sweep:   sweep_proj, sweep_v10, sweep_v8, sweep_split, sweep_v7, sweep_v6b
-#   bench:   bench_targets, bench_fused, bench_graphs
+#   sweep:   sweep_proj, sweep_v11, sweep_v10, sweep_v8, sweep_split, sweep_v7, sweep_v6b
+#   bench:   bench_targets, bench_fused, bench_prefetch (after sweep_v11), bench_graphs
 #   profile: kernel_profile, host, first_call, ncu_fwd, ncu_bwd, ncu_src
 # The next calls (sessions 8 and 9 could not make them: no device lent), ~6 minutes each on a fresh machine:
 #   for p in proj_tests model_tests sweep_proj bench_targets bench_fused kernel_profile first_call; do ...; done
@@ -73,6 +73,9 @@ fi
 if want sweep_proj sweep; then
     step 120 "proj_sweep-$tag.log" python benchmarks/proj_sweep.py --out "$out/proj_sweep-$tag.json"
 fi
+if want sweep_v11 sweep; then
+    step 150 "scan_sweep_v11-$tag.log" python benchmarks/scan_sweep.py --grid v11 --out "$out/scan_sweep_v11-$tag.json"
+fi
 if want sweep_v10 sweep; then
     step 150 "scan_sweep_v10-$tag.log" python benchmarks/scan_sweep.py --grid v10 --out "$out/scan_sweep_v10-$tag.json"
 fi
@@ -97,6 +100,18 @@ if want bench_fused bench; then
     # the target rows with the fused x_proj/dt_proj kernel on (off by default until this has run)
     step 300 "bench-$tag-fused.log" env VIMAMBA_FUSED_PROJ=1 "${cli[@]}" bench --models vim_tiny deit_tiny_sdpa \
         vim_small deit_small_sdpa --img-size 224 1248 --output "$out" --tag "$tag-fused"
+fi
+if want bench_prefetch bench && [[ -f $out/scan_sweep_v11-$tag.json ]]; then
+    # the target rows with the forward's prefetch distance that the v11 sweep timed fastest for the 1248 pair
+    pf=$(python - "$out/scan_sweep_v11-$tag.json" <<'PY'
+import json, sys
+rows = [r for r in json.load(open(sys.argv[1]))["sweep"] if r.get("pass_") == "bidir" and "ms" in r
+        and r["batch"] == 64 and isinstance(r["tile"], dict)]
+print(json.dumps({"prefetch": min(rows, key=lambda r: r["ms"])["tile"]["prefetch"]} if rows else {}))
+PY
+)
+    step 300 "bench-$tag-prefetch.log" python benchmarks/_override_run.py "$pf" bench --models vim_tiny \
+        deit_tiny_sdpa vim_small deit_small_sdpa --img-size 224 1248 --output "$out" --tag "$tag-prefetch"
 fi
 if want bench_graphs bench; then
     # the 224 rows again with both models replayed from CUDA graphs, the training step included
@@ -137,6 +152,7 @@ if want ncu_src profile && command -v ncu > /dev/null; then
             step 60 "ncu_src_$name-$tag.csv" ncu --import "$out/ncu_src_$name-$tag.ncu-rep" --page source --csv \
                 --print-source sass
             step 60 "ncu_details_$name-$tag.txt" ncu --import "$out/ncu_src_$name-$tag.ncu-rep" --page details
+            step 30 "ncu_digest_$name-$tag.txt" python benchmarks/ncu_digest.py "$out/ncu_src_$name-$tag.csv"
             rm -f "$out/ncu_src_$name-$tag.ncu-rep"
         fi
     }

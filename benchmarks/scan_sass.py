@@ -30,7 +30,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "src"))
 # flags of the shipped kernels at the tiles the rules pick (bidirectional pair, softplus, D, z, bias, A_log)
 FWD_FLAGS = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, HAS_ADD=False, SOFTPLUS=True, REVERSE=False,
                  STORE_HS=False, STORE_LAST=False, HS_EVERY=1, EVEN_D=True, EVEN_N=True, PAD=False, AHEAD=1,
-                 VEC=True, BIDIR=True, TOUCH=True, A_LOG=True, PASS=0)
+                 VEC=True, BIDIR=True, TOUCH=True, A_LOG=True, PASS=0, PREFETCH=0)
 BWD_FLAGS = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, REVERSE=False, HAS_DLAST=False,
                  ATOMIC_BC=False, EVEN_D=True, EVEN_N=True, PAD=True, TA=4, BIDIR=True, A_LOG=True)
 TILE_NAMES = {"fwd": ("T", "NR", "DR", "W", "NL", "DL"), "bwd": ("T", "NR", "DR", "W", "NL", "DL", "K")}
@@ -99,6 +99,7 @@ def main():
     p.add_argument("--dtype", default="bf16", choices=("bf16", "fp16", "fp32"))
     p.add_argument("--maxnreg", type=int, default=168, help="register cap (0: ptxas's choice)")
     p.add_argument("--sass", help="write the whole SASS here")
+    p.add_argument("--ttgir", help="write Triton's GPU IR (the layouts it chose) here")
     p.add_argument("--out", help="write the figures as JSON here")
     args = p.parse_args()
 
@@ -114,6 +115,8 @@ def main():
             p.error(f"unknown flag {key!r}; known: {', '.join(sorted(flags))}")
         flags[key] = value == "True" if value in ("True", "False") else int(value)
 
+    import triton
+
     compiled = compile_scan(args.kind, flags, args.dtype, args.maxnreg)
     cubin = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"vimamba_scan_{args.kind}_{os.getpid()}.cubin")
     with open(cubin, "wb") as f:
@@ -126,6 +129,9 @@ def main():
     if args.sass:
         with open(args.sass, "w") as f:
             f.write(sass)
+    if args.ttgir:
+        with open(args.ttgir, "w") as f:
+            f.write(compiled.asm["ttgir"])
     registers = int(m.group(1)) if (m := re.search(r"REG:(\d+)", usage)) else None
     stack = int(m.group(1)) if (m := re.search(r"STACK:(\d+)", usage)) else None
     found = loops(sass)
@@ -140,7 +146,7 @@ def main():
               f"{top} |")
     if args.out:
         with open(args.out, "w") as f:
-            json.dump({"kind": args.kind, "flags": flags, "dtype": args.dtype, "maxnreg": args.maxnreg,
+            json.dump({"kind": args.kind, "triton": triton.__version__, "flags": flags, "dtype": args.dtype, "maxnreg": args.maxnreg,
                        "registers": registers, "stack": stack, "loops": found}, f, indent=1)
 
 

@@ -342,7 +342,7 @@ def main():
     p.add_argument("--profile", action="store_true")
     p.add_argument("--no-sweep", action="store_true")
     p.add_argument("--bwd-only", action="store_true")
-    p.add_argument("--grid", choices=("layouts", "dr", "v4", "bidir", "v5", "v6", "v6b", "v7", "v8", "v10", "split"),
+    p.add_argument("--grid", choices=("layouts", "dr", "v4", "bidir", "v5", "v6", "v6b", "v7", "v8", "v10", "v11", "split"),
                    default="layouts",
                    help="layouts: states over registers/lanes x chunk x warps (DR = 1); dr: the shipped rule "
                         "against one or two chunks in flight and against two channels per thread")
@@ -426,6 +426,18 @@ def main():
         report["sweep"] = sweep_bidir_backward([
             "default", (1, 8, 1, 1, 2, 16, 16), (1, 8, 1, 1, 2, 16, 8), (1, 8, 1, 1, 2, 16, 64),
             (1, 8, 1, 1, 2, 16, 16, 2), (1, 8, 1, 1, 2, 16, 16, 8), (1, 8, 1, 1, 2, 16, 8, 8)])
+    elif not args.no_sweep and args.grid == "v11":
+        # session 10 (NOTES_triton.md run 13): ncu on the H100 put 34% of the 1248 pair forward's stall samples on
+        # the first use of delta, loaded one step ahead; the forward now may prefetch u, delta and z to L2 some
+        # chunks ahead. The backward's layouts were fixed for Triton 3.6 (no shared-memory conversions, half the
+        # shuffles, offline sm_90: phase B 717 -> 453 a step): its segment length and phase A's chunk again
+        report["sweep"] = sweep_bidir(lambda length: ["default", {"prefetch": 2}, {"prefetch": 4}, {"prefetch": 8},
+                                                      {"prefetch": 16}, {"prefetch": 32}])
+        save()
+        report["sweep_bwd"] = sweep_bidir_backward([
+            "default", (1, 8, 1, 1, 2, 16, 16), (1, 8, 1, 1, 2, 16, 16, 1), (1, 8, 1, 1, 2, 16, 16, 2),
+            (1, 8, 1, 1, 2, 16, 32, 1), (1, 8, 1, 1, 2, 16, 8, 1)])
+        report["sweep"] = report["sweep"] + report.pop("sweep_bwd")
     elif not args.no_sweep and args.grid == "split":
         report["sweep"] = sweep_split_in_time()
     elif not args.no_sweep and args.grid == "v7":

@@ -114,6 +114,26 @@ def _softplus_impl(x):
     return tl.maximum(x, 0.0) + e * q
 
 
+def _lane_ptr_impl(base, offset, NL: tl.constexpr, DL: tl.constexpr):
+    # base + offset (a 6-D tile of pointers), declared contiguous along the lane axes NL, DL and aligned to one
+    # element. Triton's coalescing pass lays out each load and store along its pointers' most contiguous
+    # axes, ties broken by axis position: Triton 3.8 takes the last axes (the lanes, as the kernels intend),
+    # 3.6 the first, which in the backward put the state axis across lanes: 24 layout conversions through
+    # shared memory and twice the shuffles (ncu on the H100, NOTES_triton.md run 13). Declared contiguous, the
+    # lane axes win in both; the one-element alignment keeps every access scalar, as it was, so the claim is
+    # never used to widen a load. (The hints attach to the op that makes the pointers, hence the addition in
+    # here: a hint on a helper's argument is lost.)
+    return tl.max_contiguous(tl.multiple_of(base + offset, [1, 1, 1, 1, 1, 1]), [1, 1, 1, 1, NL, DL])
+
+
+def _prefetch_impl(p):
+    # Asks for the lines at p in L2 (PTX prefetch: no register is written, so nothing waits on it); GPU only.
+    # The forward's one-step-ahead loads of u and delta still waited on memory at the top of each step (ncu,
+    # H100, 1248 pair: 34% of the warps' stall samples on the first use of delta; NOTES_triton.md run 13).
+    return tl.inline_asm_elementwise("prefetch.global.L2 [$1]; mov.u32 $0, 0;", "=r,l", [p], dtype=tl.int32,
+                                     is_pure=False, pack=1)
+
+
 def _load_states_impl(p, mask, VEC: tl.constexpr):
     # B or C at the pointers p, as fp32. VEC: four consecutive states (a thread keeps them in descending order,
     # see the index maps) in one 8-byte (16-bit types) or 16-byte (fp32) load, widened in the same asm; each
@@ -142,6 +162,8 @@ def _load_states_impl(p, mask, VEC: tl.constexpr):
 # kernel calls only helpers of its own kind.
 _softplus = None
 _load_states = None
+_lane_ptr = None
+_prefetch = None
 
 
 def _scan_fwd_kernel(
@@ -164,7 +186,7 @@ def _scan_fwd_kernel(
     EVEN_D: tl.constexpr, EVEN_N: tl.constexpr, PAD: tl.constexpr,
     T: tl.constexpr, NR: tl.constexpr, DR: tl.constexpr, W: tl.constexpr, NL: tl.constexpr, DL: tl.constexpr,
     AHEAD: tl.constexpr, VEC: tl.constexpr, BIDIR: tl.constexpr, TOUCH: tl.constexpr, A_LOG: tl.constexpr,
-    PASS: tl.constexpr = 0,
+    PASS: tl.constexpr = 0, PREFETCH: tl.constexpr = 0,
 ):
     # PASS 0: the whole sequence per program. Split in time (short of rows to fill the GPU: small batches at
     # high resolution), grid axis 1 runs over (batch element, segment of seg_chunks chunks): PASS 1 scans
@@ -224,7 +246,7 @@ def _scan_fwd_kernel(
     # exp(dt * A) = exp2(dt * A * log2(e)); padded states get B = C = 0 (and A = 0, or -1 from A_log = 0), so
     # they stay 0. A_LOG: the tensor holds A_log, A = -exp(A_log) (Mamba's parameterisation), computed here
     # instead of by two more launches per direction and block
-    A2 = tl.load(A_ptr + dn, mask=m_dn, other=0.0).to(tl.float32)
+    A2 = tl.load(_lane_ptr(A_ptr, dn, NL, DL), mask=m_dn, other=0.0).to(tl.float32)
     if A_LOG:
         A2 = -tl.exp2(A2 * 1.4426950408889634)
     A2 = A2 * 1.4426950408889634
@@ -250,6 +272,9 @@ def _scan_fwd_kernel(
     o_p = out_ptr + pid_b * s_ob + d_x * s_od + (c * T) * s_ol + it_t * s_ol
     B_p = B_ptr + pid_b * s_Bb + B_off + (c * T) * s_Bl
     C_p = C_ptr + pid_b * s_Cb + C_off + (c * T) * s_Cl
+    u_row = u_ptr + pid_b * s_ub + d_x * s_ud
+    t_row = dt_ptr + pid_b * s_tb + d_x * s_td
+    z_row = z_ptr + pid_b * s_zb + d_x * s_zd
     u_f = u_ptr + pid_b * s_ub + d_x * s_ud + (c * T) * s_ul + it_t * s_ul
     t_f = dt_ptr + pid_b * s_tb + d_x * s_td + (c * T) * s_tl + it_t * s_tl
     z_f = z_ptr + pid_b * s_zb + d_x * s_zd + (c * T) * s_zl + it_t * s_zl
@@ -311,7 +336,7 @@ def _scan_fwd_kernel(
         for i in range(0, seg + rev * (n_seg - 1 - 2 * seg)):
             j = i + rev * (n_seg - 1 - 2 * i)  # the i-th segment in scan order
             sdt = tl.load(segdt_ptr + seg_base + j * dim + d_x, mask=m_d, other=0.0)
-            hj = tl.load(segh_ptr + (seg_base + j * dim) * nstate + dn, mask=m_dn, other=0.0)
+            hj = tl.load(_lane_ptr(segh_ptr, (seg_base + j * dim) * nstate + dn, NL, DL), mask=m_dn, other=0.0)
             h = tl.exp2(sdt * A2) * h + hj
     if PASS == 1:
         dt_sum = tl.full([T, 1, DR, W, NL, DL], 0.0, tl.float32)  # dt's shape: compiled, a carried value keeps its type
@@ -364,6 +389,12 @@ def _scan_fwd_kernel(
         t_f += step_t
         z_f += step_z
         a_f += step_a
+        if PREFETCH > 0:  # u, delta (and z) PREFETCH chunks ahead to L2: a hint with no register to wait on
+            t_pf = tl.minimum(tl.maximum(t0 + sgn * (PREFETCH * T) + it_t, 0), L - 1)
+            _prefetch(u_row + t_pf * s_ul)
+            _prefetch(t_row + t_pf * s_tl)
+            if HAS_Z:
+                _prefetch(z_row + t_pf * s_zl)
 
         # per (channel, step): the whole chunk at once
         if HAS_BIAS:
@@ -382,7 +413,7 @@ def _scan_fwd_kernel(
             else:
                 at_entry = (c % HS_EVERY) == 0
             if at_entry:
-                tl.store(hs_ptr + (pid_b * n_hs + c // HS_EVERY) * dim * nstate + dn, h, mask=m_dn)
+                tl.store(_lane_ptr(hs_ptr, (pid_b * n_hs + c // HS_EVERY) * dim * nstate + dn, NL, DL), h, mask=m_dn)
 
         # The recurrence, step by step inside each thread. Picking step j out of a tile and putting it back
         # are selects on compile-time constants plus adds of -0.0, which the compiler folds away.
@@ -419,11 +450,11 @@ def _scan_fwd_kernel(
 
     if PASS == 1:
         seg_row = (tl.program_id(2) * tl.num_programs(1) + pid_b * n_seg + seg) * dim
-        tl.store(segh_ptr + seg_row * nstate + dn, h, mask=m_dn)
+        tl.store(_lane_ptr(segh_ptr, seg_row * nstate + dn, NL, DL), h, mask=m_dn)
         dt_seg = tl.reduce(dt_sum, 0, _sum_comb, keep_dims=True)
         tl.store(segdt_ptr + seg_row + d_x, dt_seg, mask=m_d)
     if STORE_LAST:  # (split in time: the last segment in scan order holds the final state)
-        tl.store(last_ptr + pid_b * dim * nstate + dn, h, mask=m_dn & (seg == (1 - rev) * (n_seg - 1)))
+        tl.store(_lane_ptr(last_ptr, pid_b * dim * nstate + dn, NL, DL), h, mask=m_dn & (seg == (1 - rev) * (n_seg - 1)))
 
 
 def _scan_bwd_kernel(
@@ -506,21 +537,23 @@ def _scan_bwd_kernel(
     else:
         m_dn = (d_s < dim) & (n_s < nstate)
 
-    A = tl.load(A_ptr + dn, mask=m_dn, other=0.0).to(tl.float32)
+    A = tl.load(_lane_ptr(A_ptr, dn, NL, DL), mask=m_dn, other=0.0).to(tl.float32)
     if A_LOG:  # the tensor holds A_log (see the forward); its gradient is dA * A
         A = -tl.exp2(A * 1.4426950408889634)
     A2 = A * 1.4426950408889634
     if HAS_D:
-        Dv = tl.load(D_ptr + d_x, mask=m_d, other=0.0).to(tl.float32)
+        Dv = tl.load(_lane_ptr(D_ptr, d_x, NL, DL), mask=m_d, other=0.0).to(tl.float32)
     if HAS_BIAS:
-        bias = tl.load(bias_ptr + d_x, mask=m_d, other=0.0).to(tl.float32)
+        bias = tl.load(_lane_ptr(bias_ptr, d_x, NL, DL), mask=m_d, other=0.0).to(tl.float32)
     u_b = u_ptr + pid_b * s_ub + d_x * s_ud
     t_b = dt_ptr + pid_b * s_tb + d_x * s_td
     z_b = z_ptr + pid_b * s_zb + d_x * s_zd
     g_b = g_ptr + pid_b * s_gb + d_x * s_gd
     x_b = pid_b * s_xb + d_x * s_xd
-    B_b = B_ptr + pid_b * s_Bb + n_x * s_Bn
-    C_b = C_ptr + pid_b * s_Cb + n_x * s_Cn
+    # (lanes of a channel block share B and C: "+ idl * never", zero, keeps Triton from seeing that their
+    # addresses are equal, which would undo _lane_ptr's hint; likewise for the dB, dC partials below)
+    B_b = B_ptr + pid_b * s_Bb + n_x * s_Bn + idl * never
+    C_b = C_ptr + pid_b * s_Cb + n_x * s_Cn + idl * never
     hs_b = hs_ptr + pid_b * n_seg * dim * nstate + dn
     # per-program scratch: the state entering each of the K chunks of the current segment
     scr_b = scr_ptr + ((pid_b * tl.num_programs(0) + pid_d) * (K * tile)
@@ -529,15 +562,15 @@ def _scan_bwd_kernel(
     # (at full tile width: lanes sharing a value write it to the same address, one transaction, and the
     # store keeps the layout of the computation; atomics let only the first of those lanes add)
     if ATOMIC_BC:
-        p_b = pid_b * s_pb + n_s * s_pn + iw * 0 + idl * 0
+        p_b = pid_b * s_pb + n_s * s_pn + iw * 0 + idl * never
         m_nb = (n_x < nstate) & (idl == 0)
     else:
-        p_b = (pid_d * W + iw).to(tl.int64) * s_pp + pid_b * s_pb + n_s * s_pn + idl * 0
+        p_b = (pid_d * W + iw).to(tl.int64) * s_pp + pid_b * s_pb + n_s * s_pn + idl * never
         m_nb = m_n
 
     # mu: what the later steps (in scan order) pass back, a[t+1] * lambda[t+1]
     if HAS_DLAST:
-        mu = tl.load(dlast_ptr + pid_b * dim * nstate + dn, mask=m_dn, other=0.0).to(tl.float32)
+        mu = tl.load(_lane_ptr(dlast_ptr, pid_b * dim * nstate + dn, NL, DL), mask=m_dn, other=0.0).to(tl.float32)
     else:
         mu = tl.full([1, NR, DR, W, NL, DL], 0.0, tl.float32)
     dA_acc = tl.full([1, NR, DR, W, NL, DL], 0.0, tl.float32)
@@ -565,19 +598,19 @@ def _scan_bwd_kernel(
         # Phase A: run the forward recurrence through the segment from its saved entry state, in chunks of
         # TA steps loaded one chunk ahead, and keep the state entering each chunk of T steps (scratch: the
         # thread that writes a value reads it back, no barrier needed)
-        h = tl.load(hs_b + seg * dim * nstate, mask=m_dn, other=0.0)
+        h = tl.load(_lane_ptr(hs_b, seg * dim * nstate, NL, DL), mask=m_dn, other=0.0)
         ka = rev * (KA - 1)
         tt = tl.minimum(seg * (T * K) + ka * TA + ita_t, L - 1)
-        uA_n = tl.load(u_b + tt * s_ul, mask=m_d, other=0.0)
-        dA_n = tl.load(t_b + tt * s_tl, mask=m_d, other=0.0)
+        uA_n = tl.load(_lane_ptr(u_b, tt * s_ul, NL, DL), mask=m_d, other=0.0)
+        dA_n = tl.load(_lane_ptr(t_b, tt * s_tl, NL, DL), mask=m_d, other=0.0)
         for _ka in range(0, KA):
             t0 = seg * (T * K) + ka * TA
             u = uA_n.to(tl.float32)
             dt = dA_n.to(tl.float32)
             ka_nx = ka + sgn
             tt = tl.minimum(tl.maximum(seg * (T * K) + ka_nx * TA + ita_t, 0), L - 1)
-            uA_n = tl.load(u_b + tt * s_ul, mask=m_d, other=0.0)
-            dA_n = tl.load(t_b + tt * s_tl, mask=m_d, other=0.0)
+            uA_n = tl.load(_lane_ptr(u_b, tt * s_ul, NL, DL), mask=m_d, other=0.0)
+            dA_n = tl.load(_lane_ptr(t_b, tt * s_tl, NL, DL), mask=m_d, other=0.0)
             if HAS_BIAS:
                 dt = dt + bias
             if SOFTPLUS:
@@ -588,8 +621,8 @@ def _scan_bwd_kernel(
             for j in tl.static_range(TA):  # j: scan order; e_j: time offset in the chunk
                 e_j = j + rev * (TA - 1 - 2 * j)
                 if j % T == 0:  # the first step of a chunk of T in scan order: keep the state entering it
-                    tl.store(scr_b + (ka * (TA // T) + e_j // T) * tile, h)
-                B_j = tl.load(B_b + tl.minimum(t0 + e_j, L - 1) * s_Bl, mask=m_n, other=0.0).to(tl.float32)
+                    tl.store(_lane_ptr(scr_b, (ka * (TA // T) + e_j // T) * tile, NL, DL), h)
+                B_j = tl.load(_lane_ptr(B_b, tl.minimum(t0 + e_j, L - 1) * s_Bl, NL, DL), mask=m_n, other=0.0).to(tl.float32)
                 dt_j = tl.reduce(tl.where(ita == j, dt, -0.0), 0, _sum_comb, keep_dims=True)
                 du_j = tl.reduce(tl.where(ita == j, du, -0.0), 0, _sum_comb, keep_dims=True)
                 h = tl.exp2(dt_j * A2) * h + du_j * B_j
@@ -598,12 +631,12 @@ def _scan_bwd_kernel(
         # Phase B: the chunks of T steps of the segment in reverse scan order, tiles loaded one chunk ahead
         k = (1 - rev) * (K - 1)
         tt = tl.minimum(seg * (T * K) + k * T + it_t, L - 1)
-        u_n = tl.load(u_b + tt * s_ul, mask=m_d, other=0.0)
-        dt_n = tl.load(t_b + tt * s_tl, mask=m_d, other=0.0)
-        g_n = tl.load(g_b + tt * s_gl, mask=m_d, other=0.0)
+        u_n = tl.load(_lane_ptr(u_b, tt * s_ul, NL, DL), mask=m_d, other=0.0)
+        dt_n = tl.load(_lane_ptr(t_b, tt * s_tl, NL, DL), mask=m_d, other=0.0)
+        g_n = tl.load(_lane_ptr(g_b, tt * s_gl, NL, DL), mask=m_d, other=0.0)
         if HAS_Z:
-            z_n = tl.load(z_b + tt * s_zl, mask=m_d, other=0.0)
-        h_n = tl.load(scr_b + k * tile)
+            z_n = tl.load(_lane_ptr(z_b, tt * s_zl, NL, DL), mask=m_d, other=0.0)
+        h_n = tl.load(_lane_ptr(scr_b, k * tile, NL, DL))
         for _kk in range(0, K):
             t0 = seg * (T * K) + k * T
             if PAD:
@@ -612,8 +645,8 @@ def _scan_bwd_kernel(
                 m_t = it >= 0
             # the chunk's B and C rows, each loaded once for both loops below
             tb = tl.minimum(t0 + it_t, L - 1)
-            B_c = tl.load(B_b + tb * s_Bl, mask=m_n, other=0.0).to(tl.float32)
-            C_c = tl.load(C_b + tb * s_Cl, mask=m_n, other=0.0).to(tl.float32)
+            B_c = tl.load(_lane_ptr(B_b, tb * s_Bl, NL, DL), mask=m_n, other=0.0).to(tl.float32)
+            C_c = tl.load(_lane_ptr(C_b, tb * s_Cl, NL, DL), mask=m_n, other=0.0).to(tl.float32)
             u = u_n.to(tl.float32)
             dt_raw = dt_n.to(tl.float32)
             g = g_n.to(tl.float32)
@@ -621,16 +654,16 @@ def _scan_bwd_kernel(
                 zz = z_n.to(tl.float32)
             k_nx = k - sgn
             tt = tl.minimum(tl.maximum(seg * (T * K) + k_nx * T + it_t, 0), L - 1)
-            u_n = tl.load(u_b + tt * s_ul, mask=m_d, other=0.0)
-            dt_n = tl.load(t_b + tt * s_tl, mask=m_d, other=0.0)
-            g_n = tl.load(g_b + tt * s_gl, mask=m_d, other=0.0)
+            u_n = tl.load(_lane_ptr(u_b, tt * s_ul, NL, DL), mask=m_d, other=0.0)
+            dt_n = tl.load(_lane_ptr(t_b, tt * s_tl, NL, DL), mask=m_d, other=0.0)
+            g_n = tl.load(_lane_ptr(g_b, tt * s_gl, NL, DL), mask=m_d, other=0.0)
             if HAS_Z:
-                z_n = tl.load(z_b + tt * s_zl, mask=m_d, other=0.0)
+                z_n = tl.load(_lane_ptr(z_b, tt * s_zl, NL, DL), mask=m_d, other=0.0)
             # the state entering the chunk, read a chunk ahead too: the scratch outgrows L1 (K x 1 KB a warp at
             # the 224 tile), and this read starts each chunk's chain (the last chunk's read is of a valid slot,
             # unused)
             h = h_n
-            h_n = tl.load(scr_b + tl.minimum(tl.maximum(k_nx, 0), K - 1) * tile)
+            h_n = tl.load(_lane_ptr(scr_b, tl.minimum(tl.maximum(k_nx, 0), K - 1) * tile, NL, DL))
             if PAD:
                 g = tl.where(m_t, g, 0.0)
             if HAS_BIAS:
@@ -664,9 +697,9 @@ def _scan_bwd_kernel(
                 dC_j = tl.reduce(dC_j, 5, _sum_comb, keep_dims=True) + zero_dl
                 m_bc = m_nb & ((t0 + e_j) < L)
                 if ATOMIC_BC:
-                    tl.atomic_add(dC_ptr + (t0 + e_j) * s_pl + p_b, dC_j, mask=m_bc)
+                    tl.atomic_add(_lane_ptr(dC_ptr, (t0 + e_j) * s_pl + p_b, NL, DL), dC_j, mask=m_bc)
                 else:
-                    tl.store(dC_ptr + (t0 + e_j) * s_pl + p_b, dC_j, mask=m_bc)
+                    tl.store(_lane_ptr(dC_ptr, (t0 + e_j) * s_pl + p_b, NL, DL), dC_j, mask=m_bc)
                 if HAS_Z:
                     C_j = tl.reduce(tl.where(it == j, C_c, -0.0), 0, _sum_comb, keep_dims=True)
                     y0_j = tl.reduce(tl.reduce(C_j * h, 1, _sum_comb, keep_dims=True), 4, _sum_comb, keep_dims=True)
@@ -677,7 +710,7 @@ def _scan_bwd_kernel(
                     if HAS_D:
                         y0_j = y0_j + Dv * u_j
                     dz_j = g_j * y0_j * s_j * (1.0 + z_j * (1.0 - s_j))
-                    tl.store(dz_ptr + x_b + (t0 + e_j) * s_xl, dz_j.to(dz_ptr.dtype.element_ty),
+                    tl.store(_lane_ptr(dz_ptr, x_b + (t0 + e_j) * s_xl, NL, DL), dz_j.to(dz_ptr.dtype.element_ty),
                              mask=m_d & ((t0 + e_j) < L))
 
             # adjoint, backwards in scan order: lambda[t] = C[t] gy[t] + mu, then mu = a[t] lambda[t] is what
@@ -703,9 +736,9 @@ def _scan_bwd_kernel(
                 aq = tl.reduce(tl.reduce(q * A, 1, _sum_comb, keep_dims=True), 4, _sum_comb, keep_dims=True)
                 m_bc = m_nb & ((t0 + e_j) < L)
                 if ATOMIC_BC:
-                    tl.atomic_add(dB_ptr + (t0 + e_j) * s_pl + p_b, dB_j, mask=m_bc)
+                    tl.atomic_add(_lane_ptr(dB_ptr, (t0 + e_j) * s_pl + p_b, NL, DL), dB_j, mask=m_bc)
                 else:
-                    tl.store(dB_ptr + (t0 + e_j) * s_pl + p_b, dB_j, mask=m_bc)
+                    tl.store(_lane_ptr(dB_ptr, (t0 + e_j) * s_pl + p_b, NL, DL), dB_j, mask=m_bc)
                 ddt_j = u_j * lb + aq
                 du_o = dt_j * lb
                 if HAS_D:
@@ -719,17 +752,17 @@ def _scan_bwd_kernel(
                     ddt_j = tl.where(m_j, ddt_j, 0.0)
                 if HAS_BIAS:
                     dbias_acc += ddt_j
-                tl.store(du_ptr + x_b + (t0 + e_j) * s_xl, du_o.to(du_ptr.dtype.element_ty), mask=m_j)
-                tl.store(ddt_ptr + x_b + (t0 + e_j) * s_xl, ddt_j.to(ddt_ptr.dtype.element_ty), mask=m_j)
+                tl.store(_lane_ptr(du_ptr, x_b + (t0 + e_j) * s_xl, NL, DL), du_o.to(du_ptr.dtype.element_ty), mask=m_j)
+                tl.store(_lane_ptr(ddt_ptr, x_b + (t0 + e_j) * s_xl, NL, DL), ddt_j.to(ddt_ptr.dtype.element_ty), mask=m_j)
             k = k_nx
 
     if A_LOG:
         dA_acc = dA_acc * A
-    tl.store(dA_ptr + pid_b * dim * nstate + dn, dA_acc, mask=m_dn)
+    tl.store(_lane_ptr(dA_ptr, pid_b * dim * nstate + dn, NL, DL), dA_acc, mask=m_dn)
     if HAS_D:
-        tl.store(dD_ptr + pid_b * dim + d_x, dD_acc, mask=m_d)
+        tl.store(_lane_ptr(dD_ptr, pid_b * dim + d_x, NL, DL), dD_acc, mask=m_d)
     if HAS_BIAS:
-        tl.store(dbias_ptr + pid_b * dim + d_x, dbias_acc, mask=m_d)
+        tl.store(_lane_ptr(dbias_ptr, pid_b * dim + d_x, NL, DL), dbias_acc, mask=m_d)
     if never != 0:  # keeps the touches (never true)
         tl.store(dA_ptr + idl * 0, touch)
 
@@ -749,6 +782,10 @@ _HELPERS: dict = {}
 _STRIDE_ARGS = ("s_ub s_ul s_tb s_tl s_zb s_zl s_Bb s_Bl s_Cb s_Cl s_ob s_ol s_gb s_gl s_xb s_xl s_pp s_pb s_pl "
                 "never").split()
 
+# Chunks ahead of their use at which the forward prefetches u, delta and z to L2 (0: none; see _prefetch_impl).
+# _CONFIG_OVERRIDE["prefetch"] replaces it for sweeps.
+FWD_PREFETCH = 0
+
 # The backward's register cap (see _launch_bwd)
 _BWD_REGISTERS = 168
 
@@ -760,11 +797,12 @@ _CONFIG_OVERRIDE: Optional[dict] = None
 
 
 def _get_kernels():
-    global _softplus, _load_states
+    global _softplus, _load_states, _lane_ptr, _prefetch
     interp = _interpret_mode()
     if interp not in _HELPERS:
-        _HELPERS[interp] = (triton.jit(_softplus_impl), triton.jit(_load_states_impl))
-    _softplus, _load_states = _HELPERS[interp]
+        _HELPERS[interp] = tuple(triton.jit(f) for f in (_softplus_impl, _load_states_impl, _lane_ptr_impl,
+                                                         _prefetch_impl))
+    _softplus, _load_states, _lane_ptr, _prefetch = _HELPERS[interp]
     kern = _KERNELS.get(interp)
     if kern is None:
         fwd_args = [p for p in _STRIDE_ARGS if p in _scan_fwd_kernel.__code__.co_varnames]
@@ -868,6 +906,8 @@ def _launch_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, want_las
         vec = vec and bool(_override("vec"))
     if _override("touch") is not None:
         touch = bool(_override("touch"))
+    # u, delta and z prefetched to L2 this many chunks ahead (compiled only: a PTX hint)
+    prefetch = 0 if interp else int(_override("prefetch") if _override("prefetch") is not None else FWD_PREFETCH)
     _check_tile(T, NR, DR, W, NL, DL, nstate)
     if want_hs:  # the states entering each segment of the backward
         cfg_b = _config("bwd", dim, nstate, length, interp, batch * dim / num_sms(u.device))
@@ -925,7 +965,7 @@ def _launch_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, want_las
         HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(softplus), REVERSE=bool(reverse) and second is None,
         HS_EVERY=seg // T, EVEN_D=dim % (DR * W * DL) == 0, EVEN_N=nstate == NR * NL, PAD=length % T != 0,
         T=T, NR=NR, DR=DR, W=W, NL=NL, DL=DL, AHEAD=ahead, VEC=vec, BIDIR=second is not None, TOUCH=touch,
-        A_LOG=bool(a_log), num_warps=W, **regs,
+        A_LOG=bool(a_log), PREFETCH=prefetch, num_warps=W, **regs,
     )
     first = (u, delta, A, B, C, D if D is not None else A, zz, delta_bias if delta_bias is not None else A, aa)
     if n_seg > 1:  # each segment's end state from a zero start, and its dt sum: no output, no gate
