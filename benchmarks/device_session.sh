@@ -11,9 +11,11 @@
 #   sweep:   sweep_proj, sweep_v11, sweep_v10, sweep_v8, sweep_split, sweep_v7, sweep_v6b
 #   bench:   bench_targets, bench_fused, bench_prefetch (after sweep_v11), bench_graphs
 #   profile: kernel_profile, host, first_call, ncu_fwd, ncu_bwd, ncu_src
-# The next calls (sessions 8 and 9 could not make them: no device lent), ~6 minutes each on a fresh machine:
-#   for p in proj_tests model_tests sweep_proj bench_targets bench_fused kernel_profile first_call; do ...; done
-#   for p in sweep_v10 bench_graphs host ncu_src; do ...; done
+# The next calls (session 10 ran model_tests, proj_tests, the v10/v11 sweeps, the benches and ncu_src; the
+# full-size scan tests of its layout fix did not run), ~6 minutes each on a fresh machine:
+#   for p in scan_tests bench_targets kernel_profile first_call; do ...; done   # the peak back at ~2.91 GiB?
+#   SCAN_OVERRIDE='{"prefetch": 8}' ... kernel_profile; then bench_graphs host ncu_src
+# (the prefetch sped the 1248 pair up 12% alone and not inside the model: the profile says where it went)
 #
 # 1. GPU correctness: full-size scans (both directions, every gradient; the backward's sm_90 registers), the
 #    forward split in time, the conv (SLIDE tiles included), the fused projections, the whole-model
