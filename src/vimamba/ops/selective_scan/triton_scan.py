@@ -92,7 +92,8 @@ _sum_comb = tl.standard._sum_combine if HAS_TRITON else None
 # adds and log2(NL) shuffles, and lanes walk consecutive channels. Per-channel tiles are loaded at shape
 # [T,1,DR,W,NL,DL] and per-state tiles at [T,NR,1,W,NL,DL] (lanes that share a value load or store the same
 # address: one transaction, no extra instruction), so every load and store has the layout of the arithmetic
-# and the compiler inserts no layout conversion (checked in the SASS: no shared memory, no barrier). Index
+# and the compiler inserts no layout conversion (checked in the SASS, with Triton 3.8 and with the device
+# image's 3.6: no shared memory, no barrier; 3.6 needs the pointers' hints of _lane_ptr for that). Index
 # maps run backwards inside a tile and time/batch strides are not specialised: otherwise the compiler sees
 # a contiguous axis and lays the tile out along it, which puts the recurrence across lanes.
 # ----------------------------------------------------------------------------------------------------------
