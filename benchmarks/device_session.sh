@@ -154,7 +154,14 @@ if want ncu_src profile && command -v ncu > /dev/null; then
             step 60 "ncu_src_$name-$tag.csv" ncu --import "$out/ncu_src_$name-$tag.ncu-rep" --page source --csv \
                 --print-source sass
             step 60 "ncu_details_$name-$tag.txt" ncu --import "$out/ncu_src_$name-$tag.ncu-rep" --page details
-            step 30 "ncu_digest_$name-$tag.txt" python benchmarks/ncu_digest.py "$out/ncu_src_$name-$tag.csv"
+            # (warps of the launch and steps each walks, for the per-step instruction mix; the CSV is kept)
+            case $name in
+                pair_T*) per_step=(--warps 1536 --steps 6085) ;;  # Vim-Ti 1248 b64 pair, one lane per channel
+                bwd224) per_step=(--warps 6144 --steps 224) ;;    # 24 x 128 x 2 one-warp programs, 7 x 32 steps
+                *) per_step=() ;;
+            esac
+            step 30 "ncu_digest_$name-$tag.txt" python benchmarks/ncu_digest.py "$out/ncu_src_$name-$tag.csv" \
+                --top 40 "${per_step[@]}"
             rm -f "$out/ncu_src_$name-$tag.ncu-rep"
         fi
     }
