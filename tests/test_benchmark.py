@@ -50,3 +50,21 @@ def test_ratios_table_and_files(tmp_path):
     assert payload["environment"]["device"] == "test" and len(payload["results"]) == 5
     benchmark.plot_results(results, tmp_path / "b.png")
     assert (tmp_path / "b.png").stat().st_size > 1000
+
+
+def test_median_of_rounds_sizes_windows_and_reports_their_median():
+    calls = []
+    windows = iter([30.0, 10.0, 12.0, 11.0, 50.0])  # ms per call of the five timed windows
+
+    def timer(fn, warmup, iters):
+        calls.append((warmup, iters))
+        if len(calls) == 1:
+            return 4.0  # the probe: 4 ms a call
+        if len(calls) == 2:
+            return 4.0  # the warm-up window before the timed ones
+        return next(windows)
+
+    ms, iters, rounds = benchmark.median_of_rounds(lambda: None, min_ms=500.0, timer=timer)
+    assert iters == 25  # 500 ms over 5 windows at 4 ms a call
+    assert calls[0] == (1, 2) and calls[2:] == [(0, 25)] * benchmark.ROUNDS
+    assert rounds == [10.0, 11.0, 12.0, 30.0, 50.0] and ms == 12.0  # the slow windows do not move the median

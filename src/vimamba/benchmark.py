@@ -102,7 +102,21 @@ def build_model(name: str, img_size: int, device: torch.device) -> torch.nn.Modu
     return model.to(device)
 
 
-ROUNDS = 5  # timing windows per case (see run_case)
+ROUNDS = 5  # timing windows per case (see median_of_rounds)
+
+
+def median_of_rounds(step: Callable[[], None], min_ms: float, timer=None) -> tuple[float, int, list[float]]:
+    """(median ms per call, calls per window, every window's ms sorted) over ROUNDS windows of >= min_ms / ROUNDS
+    each, after a probe that sizes them. Why several windows: with one window per case, the host-bound eager
+    rows (Vim-Ti at 224) ran 13.9-23.5 ms a batch in three runs on the same lent H200 (session 10); the spread
+    of the windows within a run shows how much of such a difference is noise. ``timer(fn, warmup, iters)``:
+    ``_time_cuda`` unless given (tests)."""
+    timer = timer or _time_cuda
+    probe = timer(step, 1, 2)
+    iters = max(2, min(200, math.ceil(min_ms / ROUNDS / max(probe, 1e-3))))
+    timer(step, 2, 1)
+    rounds = sorted(timer(step, 0, iters) for _ in range(ROUNDS))
+    return rounds[len(rounds) // 2], iters, rounds
 
 
 def _time_cuda(fn: Callable[[], None], warmup: int, iters: int) -> float:
@@ -205,14 +219,7 @@ def run_case(case: BenchCase, dtype: torch.dtype, device: torch.device, min_ms: 
         step()  # first call: kernel compilation and autotuning, not timed
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-        probe = _time_cuda(step, warmup=1, iters=2)
-        # ROUNDS windows of >= min_ms / ROUNDS each, the median reported: eager rows bound by the host (Vim-Ti at
-        # 224) moved by up to 1.7x between single windows on the same lent machine (session 10, H200:
-        # 13.9-23.5 ms per batch), which one window cannot tell from a change of the model
-        iters = max(2, min(200, math.ceil(min_ms / ROUNDS / max(probe, 1e-3))))
-        _time_cuda(step, warmup=2, iters=1)
-        rounds = sorted(_time_cuda(step, warmup=0, iters=iters) for _ in range(ROUNDS))
-        ms = rounds[len(rounds) // 2]
+        ms, iters, rounds = median_of_rounds(step, min_ms)
         result.ms_per_iter = ms
         result.img_per_s = case.batch / ms * 1000.0
         result.peak_gib = torch.cuda.max_memory_allocated() / 2**30
