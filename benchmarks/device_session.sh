@@ -8,12 +8,12 @@
 # holds, so name steps). The device tool brings back at most 8 files: end a call by packing $OUT into one archive
 # (session 8 lost its profile and ncu files to that limit).
 #   tests:   scan_tests, split_tests, conv_tests, proj_tests, model_tests
-#   sweep:   sweep_proj, sweep_v11, sweep_v10, sweep_v8, sweep_split, sweep_v7, sweep_v6b
+#   sweep:   sweep_proj, sweep_v12, sweep_v11, sweep_v10, sweep_v8, sweep_split, sweep_v7, sweep_v6b
 #   bench:   bench_targets, bench_fused, bench_prefetch (after sweep_v11), bench_graphs
 #   profile: kernel_profile, host, first_call, ncu_fwd, ncu_bwd, ncu_src
 # The next calls (session 10 ran model_tests, proj_tests, the v10/v11 sweeps, the benches and ncu_src; the
 # full-size scan tests of its layout fix did not run), ~6 minutes each on a fresh machine:
-#   for p in scan_tests bench_targets kernel_profile first_call; do ...; done   # the peak back at ~2.91 GiB?
+#   for p in scan_tests bench_targets sweep_v12 kernel_profile; do ...; done   # the peak back at ~2.91 GiB?
 #   SCAN_OVERRIDE='{"prefetch": 8}' ... kernel_profile; then bench_graphs host ncu_src
 # (the prefetch sped the 1248 pair up 12% alone and not inside the model: the profile says where it went)
 #
@@ -74,6 +74,9 @@ if want model_tests tests; then
 fi
 if want sweep_proj sweep; then
     step 120 "proj_sweep-$tag.log" python benchmarks/proj_sweep.py --out "$out/proj_sweep-$tag.json"
+fi
+if want sweep_v12 sweep; then
+    step 150 "scan_sweep_v12-$tag.log" python benchmarks/scan_sweep.py --grid v12 --out "$out/scan_sweep_v12-$tag.json"
 fi
 if want sweep_v11 sweep; then
     step 150 "scan_sweep_v11-$tag.log" python benchmarks/scan_sweep.py --grid v11 --out "$out/scan_sweep_v11-$tag.json"

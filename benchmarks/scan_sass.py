@@ -32,7 +32,7 @@ FWD_FLAGS = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, HAS_ADD=False, SOFTPLUS=
                  STORE_HS=False, STORE_LAST=False, HS_EVERY=1, EVEN_D=True, EVEN_N=True, PAD=False, AHEAD=1,
                  VEC=True, BIDIR=True, TOUCH=True, A_LOG=True, PASS=0, PREFETCH=0)
 BWD_FLAGS = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, REVERSE=False, HAS_DLAST=False,
-                 ATOMIC_BC=False, EVEN_D=True, EVEN_N=True, PAD=True, TA=4, BIDIR=True, A_LOG=True)
+                 ATOMIC_BC=False, EVEN_D=True, EVEN_N=True, PAD=True, TA=4, BIDIR=True, A_LOG=True, BC_PREFETCH=False)
 TILE_NAMES = {"fwd": ("T", "NR", "DR", "W", "NL", "DL"), "bwd": ("T", "NR", "DR", "W", "NL", "DL", "K")}
 FP32_POINTERS = ("A", "D", "bias", "last", "hs", "dlast", "scr", "segh", "segdt", "dA", "dD", "dbias", "dB", "dC")
 UNIT_STRIDES = ("s_ud", "s_td", "s_zd", "s_od", "s_ad", "s_Bn", "s_Cn", "s_gd", "s_xd", "s_pn")

@@ -342,7 +342,7 @@ def main():
     p.add_argument("--profile", action="store_true")
     p.add_argument("--no-sweep", action="store_true")
     p.add_argument("--bwd-only", action="store_true")
-    p.add_argument("--grid", choices=("layouts", "dr", "v4", "bidir", "v5", "v6", "v6b", "v7", "v8", "v10", "v11", "split"),
+    p.add_argument("--grid", choices=("layouts", "dr", "v4", "bidir", "v5", "v6", "v6b", "v7", "v8", "v10", "v11", "v12", "split"),
                    default="layouts",
                    help="layouts: states over registers/lanes x chunk x warps (DR = 1); dr: the shipped rule "
                         "against one or two chunks in flight and against two channels per thread")
@@ -438,6 +438,15 @@ def main():
             "default", (1, 8, 1, 1, 2, 16, 16), (1, 8, 1, 1, 2, 16, 16, 1), (1, 8, 1, 1, 2, 16, 16, 2),
             (1, 8, 1, 1, 2, 16, 32, 1), (1, 8, 1, 1, 2, 16, 8, 1)])
         report["sweep"] = report["sweep"] + report.pop("sweep_bwd")
+    elif not args.no_sweep and args.grid == "v12":
+        # session 10, after the layout fix: the backward waits on its loads (ncu, H200: 36% long scoreboard),
+        # B and C among them, loaded at the top of the step that uses them. BC_PREFETCH asks L1 for the next
+        # chunk's B and C rows (PTX prefetch, no register: 2 instructions a step offline, no spills at 168);
+        # with the segment of 16 steps and phase-A chunks of 2 (the v11 sweep's best at 224) and K = 32 with
+        # chunks of 2 (not timed yet)
+        tiles = [(1, 8, 1, 1, 2, 16, 16, 2), (1, 8, 1, 1, 2, 16, 32, 2)]
+        report["sweep"] = sweep_bidir_backward(
+            ["default", {"bc_prefetch": True}] + [v for t in tiles for v in (t, {"tile": t, "bc_prefetch": True})])
     elif not args.no_sweep and args.grid == "split":
         report["sweep"] = sweep_split_in_time()
     elif not args.no_sweep and args.grid == "v7":

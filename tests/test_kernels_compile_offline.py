@@ -48,8 +48,9 @@ def test_compile_checks_pass_in_a_compiling_process():
 DEVICE_TRITON = Path(os.environ.get("VIMAMBA_DEVICE_TRITON", ROOT / ".ci" / "triton-device"))
 
 
-@pytest.mark.parametrize("kind", ["bwd", "fwd"])
-def test_scan_compiles_without_layout_conversions_under_the_device_triton(kind, tmp_path):
+@pytest.mark.parametrize("kind,flags", [("bwd", []), ("fwd", []), ("bwd", ["BC_PREFETCH=True"]),
+                                        ("fwd", ["PREFETCH=8"])], ids=["bwd", "fwd", "bwd-bc-prefetch", "fwd-prefetch"])
+def test_scan_compiles_without_layout_conversions_under_the_device_triton(kind, flags, tmp_path):
     if not (DEVICE_TRITON / "triton").is_dir():
         pytest.skip(f"no Triton of the device image at {DEVICE_TRITON} (.ci/run installs it; or set "
                     "VIMAMBA_DEVICE_TRITON)")
@@ -57,7 +58,9 @@ def test_scan_compiles_without_layout_conversions_under_the_device_triton(kind, 
     env["PYTHONPATH"] = os.pathsep.join([str(DEVICE_TRITON), str(ROOT / "src")])
     out = tmp_path / "sass.json"
     sass = tmp_path / "scan.sass"
-    done = subprocess.run([sys.executable, "benchmarks/scan_sass.py", kind, "--out", str(out), "--sass", str(sass)],
+    set_flags = ["--set", *flags] if flags else []
+    done = subprocess.run([sys.executable, "benchmarks/scan_sass.py", kind, *set_flags, "--out", str(out),
+                           "--sass", str(sass)],
                           capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     report = json.loads(out.read_text())
@@ -68,4 +71,4 @@ def test_scan_compiles_without_layout_conversions_under_the_device_triton(kind, 
     for op in ("STS", "LDS", "BAR.SYNC", "STL", "LDL"):
         assert f" {op}" not in text, f"{op} in the {kind} kernel's SASS"
     step = report["loops"][0 if kind == "fwd" else 1]["instructions"]
-    assert step <= (215 if kind == "fwd" else 470), step
+    assert step <= (230 if kind == "fwd" else 470), step

@@ -127,12 +127,18 @@ def _lane_ptr_impl(base, offset, NL: tl.constexpr, DL: tl.constexpr):
     return tl.max_contiguous(tl.multiple_of(base + offset, [1, 1, 1, 1, 1, 1]), [1, 1, 1, 1, NL, DL])
 
 
-def _prefetch_impl(p):
-    # Asks for the lines at p in L2 (PTX prefetch: no register is written, so nothing waits on it); GPU only.
-    # The forward's one-step-ahead loads of u and delta still waited on memory at the top of each step (ncu,
-    # H100, 1248 pair: 34% of the warps' stall samples on the first use of delta; NOTES_triton.md run 13).
-    return tl.inline_asm_elementwise("prefetch.global.L2 [$1]; mov.u32 $0, 0;", "=r,l", [p], dtype=tl.int32,
-                                     is_pure=False, pack=1)
+def _prefetch_impl(p, L1: tl.constexpr):
+    # Asks for the lines at p in L2, or L1 and L2 (PTX prefetch: no register is written, so nothing waits on it);
+    # GPU only. The forward's one-step-ahead loads of u and delta still waited on memory at the top of each step
+    # (ncu, H100, 1248 pair: 34% of the warps' stall samples on the first use of delta), and the backward, rid
+    # of its layout conversions, waits on its loads (36% long scoreboard, H200; NOTES_triton.md run 13).
+    if L1:
+        out = tl.inline_asm_elementwise("prefetch.global.L1 [$1]; mov.u32 $0, 0;", "=r,l", [p], dtype=tl.int32,
+                                        is_pure=False, pack=1)
+    else:
+        out = tl.inline_asm_elementwise("prefetch.global.L2 [$1]; mov.u32 $0, 0;", "=r,l", [p], dtype=tl.int32,
+                                        is_pure=False, pack=1)
+    return out
 
 
 def _load_states_impl(p, mask, VEC: tl.constexpr):
@@ -392,10 +398,10 @@ def _scan_fwd_kernel(
         a_f += step_a
         if PREFETCH > 0:  # u, delta (and z) PREFETCH chunks ahead to L2: a hint with no register to wait on
             t_pf = tl.minimum(tl.maximum(t0 + sgn * (PREFETCH * T) + it_t, 0), L - 1)
-            _prefetch(u_row + t_pf * s_ul)
-            _prefetch(t_row + t_pf * s_tl)
+            _prefetch(u_row + t_pf * s_ul, False)
+            _prefetch(t_row + t_pf * s_tl, False)
             if HAS_Z:
-                _prefetch(z_row + t_pf * s_zl)
+                _prefetch(z_row + t_pf * s_zl, False)
 
         # per (channel, step): the whole chunk at once
         if HAS_BIAS:
@@ -475,7 +481,7 @@ def _scan_bwd_kernel(
     REVERSE: tl.constexpr, HAS_DLAST: tl.constexpr, ATOMIC_BC: tl.constexpr,
     EVEN_D: tl.constexpr, EVEN_N: tl.constexpr, PAD: tl.constexpr, K: tl.constexpr, TA: tl.constexpr,
     T: tl.constexpr, NR: tl.constexpr, DR: tl.constexpr, W: tl.constexpr, NL: tl.constexpr, DL: tl.constexpr,
-    BIDIR: tl.constexpr, A_LOG: tl.constexpr,
+    BIDIR: tl.constexpr, A_LOG: tl.constexpr, BC_PREFETCH: tl.constexpr = False,
 ):
     pid_d = tl.program_id(0)
     pid_b = tl.program_id(1).to(tl.int64)
@@ -609,6 +615,9 @@ def _scan_bwd_kernel(
             u = uA_n.to(tl.float32)
             dt = dA_n.to(tl.float32)
             ka_nx = ka + sgn
+            if BC_PREFETCH:  # the next chunk's B rows into L1 (a lane per step; the rest repeat them)
+                t_pf = tl.minimum(tl.maximum(seg * (T * K) + ka_nx * TA + idl % TA, 0), L - 1)
+                _prefetch(B_ptr + pid_b * s_Bb + t_pf * s_Bl, True)
             tt = tl.minimum(tl.maximum(seg * (T * K) + ka_nx * TA + ita_t, 0), L - 1)
             uA_n = tl.load(_lane_ptr(u_b, tt * s_ul, NL, DL), mask=m_d, other=0.0)
             dA_n = tl.load(_lane_ptr(t_b, tt * s_tl, NL, DL), mask=m_d, other=0.0)
@@ -654,6 +663,10 @@ def _scan_bwd_kernel(
             if HAS_Z:
                 zz = z_n.to(tl.float32)
             k_nx = k - sgn
+            if BC_PREFETCH:  # the next chunk's B and C rows into L1 (even lanes B, odd lanes C, a lane per step)
+                t_pf = tl.minimum(tl.maximum(seg * (T * K) + k_nx * T + (idl // 2) % T, 0), L - 1)
+                _prefetch(tl.where(idl % 2 == 0, B_ptr + pid_b * s_Bb + t_pf * s_Bl, C_ptr + pid_b * s_Cb + t_pf * s_Cl),
+                          True)
             tt = tl.minimum(tl.maximum(seg * (T * K) + k_nx * T + it_t, 0), L - 1)
             u_n = tl.load(_lane_ptr(u_b, tt * s_ul, NL, DL), mask=m_d, other=0.0)
             dt_n = tl.load(_lane_ptr(t_b, tt * s_tl, NL, DL), mask=m_d, other=0.0)
@@ -1111,7 +1124,8 @@ def _launch_bwd(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, hs, chun
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(softplus),
         REVERSE=bool(reverse) and second is None, HAS_DLAST=dlast is not None, ATOMIC_BC=atomic,
         EVEN_D=dim % (DR * W * DL) == 0, EVEN_N=nstate == NR * NL, PAD=length % (T * K) != 0, K=K, TA=TA,
-        T=T, NR=NR, DR=DR, W=W, NL=NL, DL=DL, BIDIR=second is not None, A_LOG=bool(a_log), num_warps=W, **regs,
+        T=T, NR=NR, DR=DR, W=W, NL=NL, DL=DL, BIDIR=second is not None, A_LOG=bool(a_log),
+        BC_PREFETCH=bool(_override("bc_prefetch")) and not interp, num_warps=W, **regs,
     )
     # the partials of both directions summed in one reduction each
     dA = dA_part.sum(1)
