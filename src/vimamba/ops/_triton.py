@@ -47,9 +47,10 @@ def lazy_kernel(cache: dict, key: tuple, fn, configs=None, tune_key=(), tune=Non
     ``key`` plus that mode.
 
     ``triton.jit`` decides, from TRITON_INTERPRET as it is at this call, between a compiled kernel and one for
-    the interpreter; a compiled one is autotuned over ``configs()`` (a callable returning ``triton.Config``s,
-    None for none) on ``tune_key`` unless ``tune`` is False (default: ``autotune_enabled()``). One entry is kept
-    per setting of the two variables, so tests may switch either at run time."""
+    the interpreter; a compiled one is autotuned over ``configs(*key)`` (a module-level function returning
+    ``triton.Config``s, so that no closure is made on every launch; None for none) on ``tune_key`` unless
+    ``tune`` is False (default: ``autotune_enabled()``). One entry is kept per setting of the two variables, so
+    tests may switch either at run time."""
     tune = autotune_enabled() if tune is None else tune
     full_key = (*key, os.environ.get("TRITON_INTERPRET", ""), tune)
     entry = cache.get(full_key)
@@ -60,7 +61,7 @@ def lazy_kernel(cache: dict, key: tuple, fn, configs=None, tune_key=(), tune=Non
         interp = not isinstance(kernel, JITFunction)
         tuned = bool(tune) and not interp and configs is not None
         if tuned:
-            kernel = triton.autotune(configs=configs(), key=list(tune_key))(kernel)
+            kernel = triton.autotune(configs=configs(*key), key=list(tune_key))(kernel)
         entry = cache[full_key] = (kernel, interp, tuned)
     return entry
 

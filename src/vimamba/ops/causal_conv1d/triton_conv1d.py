@@ -404,20 +404,20 @@ _FWD_TILE_OVERRIDE = None
 _KERNELS = {}
 
 
+def _autotune_configs(name: str, l_contig: bool) -> list:
+    if name == "fwd":
+        return [triton.Config({"BLOCK_D": bd, "BLOCK_L": bl, "SLIDE": slide}, num_warps=nw)
+                for bd, bl, nw, slide in _tiles_fwd(l_contig)]
+    return [triton.Config({"BLOCK_D": bd}, num_warps=nw) for bd, nw in _tiles_bwd_d(l_contig)]
+
+
 def _get_kernel(name: str, l_contig: bool, tune: Optional[bool] = None):
     """(kernel, interpreted, autotuned) for the current mode (``lazy_kernel``); compiled, it is autotuned over
     a few tiles, the interpreter runs the fixed _INTERP_TILES."""
-    if name == "fwd":
-        def configs():
-            return [triton.Config({"BLOCK_D": bd, "BLOCK_L": bl, "SLIDE": slide}, num_warps=nw)
-                    for bd, bl, nw, slide in _tiles_fwd(l_contig)]
-    else:
-        def configs():
-            return [triton.Config({"BLOCK_D": bd}, num_warps=nw) for bd, nw in _tiles_bwd_d(l_contig)]
     fn = _conv1d_fwd_kernel if name == "fwd" else _conv1d_bwd_kernel
     # (one conv and the pair tune apart)
-    return lazy_kernel(_KERNELS, (name, l_contig), fn, configs, ("D", "L", "W", "stride_xd", "stride_xl", "PAIR"),
-                       tune)
+    return lazy_kernel(_KERNELS, (name, l_contig), fn, _autotune_configs,
+                       ("D", "L", "W", "stride_xd", "stride_xl", "PAIR"), tune)
 
 
 def _check_device(x: torch.Tensor) -> None:

@@ -156,19 +156,20 @@ def _interp_block_m(block_h: int) -> int:
 _KERNELS = {}
 
 
+def _autotune_configs(name: str, block_h: int) -> list:
+    if name == "fwd":
+        return [triton.Config({"BLOCK_M": bm}, num_warps=nw) for bm, nw in _fwd_configs(block_h)]
+    # BLOCK_M is fixed (it sets the persistent grid); only the warps are tuned
+    return [triton.Config({}, num_warps=nw) for nw in _bwd_warps(block_h)]
+
+
 def _get_kernel(name: str, block_h: int):
     """(kernel, interpreted, autotuned) for the current mode (``lazy_kernel``)."""
     if name == "fwd":
-        def configs():
-            return [triton.Config({"BLOCK_M": bm}, num_warps=nw) for bm, nw in _fwd_configs(block_h)]
-
-        return lazy_kernel(_KERNELS, (name, block_h), _add_rms_norm_fwd_kernel, configs,
+        return lazy_kernel(_KERNELS, (name, block_h), _add_rms_norm_fwd_kernel, _autotune_configs,
                            ("n_rows", "H", "HAS_RES", "STORE_STREAM"))
-
-    def configs():  # BLOCK_M is fixed (it sets the persistent grid); only the warps are tuned
-        return [triton.Config({}, num_warps=nw) for nw in _bwd_warps(block_h)]
-
-    return lazy_kernel(_KERNELS, (name, block_h), _add_rms_norm_bwd_kernel, configs, ("n_rows", "H", "HAS_GY", "HAS_GS"))
+    return lazy_kernel(_KERNELS, (name, block_h), _add_rms_norm_bwd_kernel, _autotune_configs,
+                       ("n_rows", "H", "HAS_GY", "HAS_GS"))
 
 
 def _as_rows(t: torch.Tensor, hidden: int) -> torch.Tensor:

@@ -110,13 +110,14 @@ _INTERP_TILE = (128, 64, 128)
 _KERNELS = {}
 
 
+def _autotune_configs(ieee: bool) -> list:
+    return [triton.Config({"BLOCK_M": bm, "BLOCK_K": bk, "BLOCK_N": bn}, num_warps=nw)
+            for bm, bk, bn, nw in _configs(ieee)]
+
+
 def _get_kernel(ieee: bool = False):
     """(kernel, interpreted, autotuned) for the current mode (``lazy_kernel``) and input precision."""
-    def configs():
-        return [triton.Config({"BLOCK_M": bm, "BLOCK_K": bk, "BLOCK_N": bn}, num_warps=nw)
-                for bm, bk, bn, nw in _configs(ieee)]
-
-    return lazy_kernel(_KERNELS, (ieee,), _ssm_proj_kernel, configs, ("E", "R", "NBC", "IEEE"))
+    return lazy_kernel(_KERNELS, (ieee,), _ssm_proj_kernel, _autotune_configs, ("E", "R", "NBC", "IEEE"))
 
 
 def _rows(u: torch.Tensor) -> torch.Tensor:
