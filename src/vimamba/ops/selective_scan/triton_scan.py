@@ -132,6 +132,7 @@ def _prefetch_impl(p, L1: tl.constexpr):
     # GPU only. The forward's one-step-ahead loads of u and delta still waited on memory at the top of each step
     # (ncu, H100, 1248 pair: 34% of the warps' stall samples on the first use of delta), and the backward, rid
     # of its layout conversions, waits on its loads (36% long scoreboard, H200; NOTES_triton.md run 13).
+    # (two calls: Triton takes the asm only as a literal, not chosen by an expression)
     if L1:
         out = tl.inline_asm_elementwise("prefetch.global.L1 [$1]; mov.u32 $0, 0;", "=r,l", [p], dtype=tl.int32,
                                         is_pure=False, pack=1)
@@ -282,9 +283,9 @@ def _scan_fwd_kernel(
     u_row = u_ptr + pid_b * s_ub + d_x * s_ud
     t_row = dt_ptr + pid_b * s_tb + d_x * s_td
     z_row = z_ptr + pid_b * s_zb + d_x * s_zd
-    u_f = u_ptr + pid_b * s_ub + d_x * s_ud + (c * T) * s_ul + it_t * s_ul
-    t_f = dt_ptr + pid_b * s_tb + d_x * s_td + (c * T) * s_tl + it_t * s_tl
-    z_f = z_ptr + pid_b * s_zb + d_x * s_zd + (c * T) * s_zl + it_t * s_zl
+    u_f = u_row + (c * T) * s_ul + it_t * s_ul
+    t_f = t_row + (c * T) * s_tl + it_t * s_tl
+    z_f = z_row + (c * T) * s_zl + it_t * s_zl
     a_f = add_ptr + pid_b * s_ab + d_x * s_ad + (c * T) * s_al + it_t * s_al
     if TOUCH:  # B and C rows touched AHEAD chunks early (one element per lane, summed into a value never
         # stored) are in the caches when the per-step loads below ask for them
