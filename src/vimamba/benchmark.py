@@ -102,23 +102,6 @@ def build_model(name: str, img_size: int, device: torch.device) -> torch.nn.Modu
     return model.to(device)
 
 
-ROUNDS = 5  # timing windows per case (see median_of_rounds)
-
-
-def median_of_rounds(step: Callable[[], None], min_ms: float, timer=None) -> tuple[float, int, list[float]]:
-    """(median ms per call, calls per window, every window's ms sorted) over ROUNDS windows of >= min_ms / ROUNDS
-    each, after a probe that sizes them. Why several windows: with one window per case, the host-bound eager
-    rows (Vim-Ti at 224) ran 13.9-23.5 ms a batch in three runs on the same lent H200 (session 10); the spread
-    of the windows within a run shows how much of such a difference is noise. ``timer(fn, warmup, iters)``:
-    ``_time_cuda`` unless given (tests)."""
-    timer = timer or _time_cuda
-    probe = timer(step, 1, 2)
-    iters = max(2, min(200, math.ceil(min_ms / ROUNDS / max(probe, 1e-3))))
-    timer(step, 2, 1)
-    rounds = sorted(timer(step, 0, iters) for _ in range(ROUNDS))
-    return rounds[len(rounds) // 2], iters, rounds
-
-
 def _time_cuda(fn: Callable[[], None], warmup: int, iters: int) -> float:
     """Milliseconds per call, by CUDA events around ``iters`` calls after ``warmup``."""
     for _ in range(warmup):
@@ -131,6 +114,22 @@ def _time_cuda(fn: Callable[[], None], warmup: int, iters: int) -> float:
     end.record()
     torch.cuda.synchronize()
     return start.elapsed_time(end) / iters
+
+
+ROUNDS = 5  # timing windows per case (see median_of_rounds)
+
+
+def median_of_rounds(step: Callable[[], None], min_ms: float, timer=_time_cuda) -> tuple[float, int, list[float]]:
+    """(median ms per call, calls per window, every window's ms sorted) over ROUNDS windows of >= min_ms / ROUNDS
+    each, after a probe that sizes them. Why several windows: with one window per case, the host-bound eager
+    rows (Vim-Ti at 224) ran 13.9-23.5 ms a batch in three runs on the same lent H200 (session 10); the spread
+    of the windows within a run shows how much of such a difference is noise. ``timer(fn, warmup, iters)``:
+    milliseconds per call (a fake in the tests)."""
+    probe = timer(step, 1, 2)
+    iters = max(2, min(200, math.ceil(min_ms / ROUNDS / max(probe, 1e-3))))
+    timer(step, 2, 1)
+    rounds = sorted(timer(step, 0, iters) for _ in range(ROUNDS))
+    return rounds[len(rounds) // 2], iters, rounds
 
 
 def _graph_of(forward: Callable[[], object], autocast) -> Callable[[], None]:
