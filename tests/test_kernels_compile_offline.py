@@ -48,9 +48,11 @@ def test_compile_checks_pass_in_a_compiling_process():
 DEVICE_TRITON = Path(os.environ.get("VIMAMBA_DEVICE_TRITON", ROOT / ".ci" / "triton-device"))
 
 
-@pytest.mark.parametrize("kind,flags", [("bwd", []), ("fwd", []), ("bwd", ["BC_PREFETCH=True"]),
-                                        ("fwd", ["PREFETCH=8"])], ids=["bwd", "fwd", "bwd-bc-prefetch", "fwd-prefetch"])
-def test_scan_compiles_without_layout_conversions_under_the_device_triton(kind, flags, tmp_path):
+# (kind, flags, most instructions in the step loop: the forward's, or the backward's phase B)
+@pytest.mark.parametrize("kind,flags,max_step", [("bwd", [], 470), ("fwd", [], 215), ("bwd", ["BC_PREFETCH=True"], 470),
+                                                 ("fwd", ["PREFETCH=8"], 230)],
+                         ids=["bwd", "fwd", "bwd-bc-prefetch", "fwd-prefetch"])
+def test_scan_compiles_without_layout_conversions_under_the_device_triton(kind, flags, max_step, tmp_path):
     if not (DEVICE_TRITON / "triton").is_dir():
         pytest.skip(f"no Triton of the device image at {DEVICE_TRITON} (.ci/run installs it; or set "
                     "VIMAMBA_DEVICE_TRITON)")
@@ -71,4 +73,4 @@ def test_scan_compiles_without_layout_conversions_under_the_device_triton(kind, 
     for op in ("STS", "LDS", "BAR.SYNC", "STL", "LDL"):
         assert f" {op}" not in text, f"{op} in the {kind} kernel's SASS"
     step = report["loops"][0 if kind == "fwd" else 1]["instructions"]
-    assert step <= (230 if kind == "fwd" else 470), step
+    assert step <= max_step, step
