@@ -52,6 +52,8 @@ else
     run=(python)
     cli=(python -m vimamba)
 fi
+# the rows of the issue's targets, for every bench step that times them
+targets=(--models vim_tiny deit_tiny_sdpa vim_small deit_small_sdpa --img-size 224 1248)
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,driver_version --format=csv > "$out/gpu-$tag.txt" 2>&1
 if want scan_tests tests; then
     step 260 "gpu_scan_tests-$tag.log" python -m pytest -q -p no:cacheprovider -m gpu \
@@ -98,13 +100,12 @@ if want sweep_split sweep; then
         --out "$out/scan_sweep_split-$tag.json"
 fi
 if want bench_targets bench; then
-    step 300 "bench-$tag-targets.log" "${cli[@]}" bench --models vim_tiny deit_tiny_sdpa vim_small deit_small_sdpa \
-        --img-size 224 1248 --output "$out" --tag "$tag-targets"
+    step 300 "bench-$tag-targets.log" "${cli[@]}" bench "${targets[@]}" --output "$out" --tag "$tag-targets"
 fi
 if want bench_fused bench; then
     # the target rows with the fused x_proj/dt_proj kernel on (off by default until this has run)
-    step 300 "bench-$tag-fused.log" env VIMAMBA_FUSED_PROJ=1 "${cli[@]}" bench --models vim_tiny deit_tiny_sdpa \
-        vim_small deit_small_sdpa --img-size 224 1248 --output "$out" --tag "$tag-fused"
+    step 300 "bench-$tag-fused.log" env VIMAMBA_FUSED_PROJ=1 "${cli[@]}" bench "${targets[@]}" --output "$out" \
+        --tag "$tag-fused"
 fi
 if want bench_prefetch bench && [[ -f $out/scan_sweep_v11-$tag.json ]]; then
     # the target rows with the forward's prefetch distance that the v11 sweep timed fastest for the 1248 pair
@@ -115,8 +116,8 @@ rows = [r for r in json.load(open(sys.argv[1]))["sweep"] if r.get("pass_") == "b
 print(json.dumps({"prefetch": min(rows, key=lambda r: r["ms"])["tile"]["prefetch"]} if rows else {}))
 PY
 )
-    step 300 "bench-$tag-prefetch.log" python benchmarks/_override_run.py "$pf" bench --models vim_tiny \
-        deit_tiny_sdpa vim_small deit_small_sdpa --img-size 224 1248 --output "$out" --tag "$tag-prefetch"
+    step 300 "bench-$tag-prefetch.log" python benchmarks/_override_run.py "$pf" bench "${targets[@]}" \
+        --output "$out" --tag "$tag-prefetch"
 fi
 if want bench_graphs bench; then
     # the 224 rows again with both models replayed from CUDA graphs, the training step included

@@ -431,13 +431,13 @@ def main():
         # the first use of delta, loaded one step ahead; the forward now may prefetch u, delta and z to L2 some
         # chunks ahead. The backward's layouts were fixed for Triton 3.6 (no shared-memory conversions, half the
         # shuffles, offline sm_90: phase B 717 -> 453 a step): its segment length and phase A's chunk again
-        report["sweep"] = sweep_bidir(lambda length: ["default", {"prefetch": 2}, {"prefetch": 4}, {"prefetch": 8},
-                                                      {"prefetch": 16}, {"prefetch": 32}])
+        forward = sweep_bidir(lambda length: ["default", {"prefetch": 2}, {"prefetch": 4}, {"prefetch": 8},
+                                              {"prefetch": 16}, {"prefetch": 32}])
+        report["sweep"] = forward
         save()
-        report["sweep_bwd"] = sweep_bidir_backward([
+        report["sweep"] = forward + sweep_bidir_backward([
             "default", (1, 8, 1, 1, 2, 16, 16), (1, 8, 1, 1, 2, 16, 16, 1), (1, 8, 1, 1, 2, 16, 16, 2),
             (1, 8, 1, 1, 2, 16, 32, 1), (1, 8, 1, 1, 2, 16, 8, 1)])
-        report["sweep"] = report["sweep"] + report.pop("sweep_bwd")
     elif not args.no_sweep and args.grid == "v12":
         # session 10, after the layout fix: the backward waits on its loads (ncu, H200: 36% long scoreboard),
         # B and C among them, loaded at the top of the step that uses them. BC_PREFETCH asks L1 for the next
