@@ -8,8 +8,8 @@
 # holds, so name steps). The device tool brings back at most 8 files: end a call by packing $OUT into one archive
 # (session 8 lost its profile and ncu files to that limit).
 #   tests:   scan_tests, split_tests, conv_tests, proj_tests, model_tests
-#   sweep:   sweep_proj, sweep_v12, sweep_v11, sweep_v10, sweep_v8, sweep_split, sweep_v7, sweep_v6b
-#   bench:   bench_targets, bench_fused, bench_prefetch (after sweep_v11), bench_graphs
+#   sweep:   sweep_proj, conv_sweep, sweep_v12c, sweep_v12b, sweep_v12, sweep_v11, sweep_v10, sweep_v8, sweep_split, sweep_v7, sweep_v6b
+#   bench:   bench_targets, bench_previous, bench_fused, bench_prefetch (after sweep_v11), bench_graphs
 #   profile: kernel_profile, host, first_call, ncu_fwd, ncu_bwd, ncu_src
 # The next calls (session 10 ran model_tests, proj_tests, the v10/v11 sweeps, the benches and ncu_src; the
 # full-size scan tests of its layout fix did not run), ~6 minutes each on a fresh machine:
@@ -77,8 +77,17 @@ fi
 if want sweep_proj sweep; then
     step 120 "proj_sweep-$tag.log" python benchmarks/proj_sweep.py --out "$out/proj_sweep-$tag.json"
 fi
+if want conv_sweep sweep; then
+    step 150 "conv_sweep-$tag.log" python benchmarks/conv_sweep.py --out "$out/conv_sweep-$tag.json"
+fi
+if want sweep_v12c sweep; then
+    step 150 "scan_sweep_v12c-$tag.log" python benchmarks/scan_sweep.py --grid v12c --out "$out/scan_sweep_v12c-$tag.json"
+fi
+if want sweep_v12b sweep; then
+    step 150 "scan_sweep_v12b-$tag.log" python benchmarks/scan_sweep.py --grid v12b --out "$out/scan_sweep_v12b-$tag.json"
+fi
 if want sweep_v12 sweep; then
-    step 150 "scan_sweep_v12-$tag.log" python benchmarks/scan_sweep.py --grid v12 --out "$out/scan_sweep_v12-$tag.json"
+    step 200 "scan_sweep_v12-$tag.log" python benchmarks/scan_sweep.py --grid v12 --out "$out/scan_sweep_v12-$tag.json"
 fi
 if want sweep_v11 sweep; then
     step 150 "scan_sweep_v11-$tag.log" python benchmarks/scan_sweep.py --grid v11 --out "$out/scan_sweep_v11-$tag.json"
@@ -101,6 +110,13 @@ if want sweep_split sweep; then
 fi
 if want bench_targets bench; then
     step 300 "bench-$tag-targets.log" "${cli[@]}" bench "${targets[@]}" --output "$out" --tag "$tag-targets"
+fi
+if want bench_previous bench; then
+    # the target rows as shipped before session 11's defaults (no forward prefetch, B and C as x_proj's columns),
+    # for a same-machine comparison with bench_targets
+    step 300 "bench-$tag-previous.log" python benchmarks/_override_run.py \
+        '{"prefetch": 0, "vimamba.ops:PACK_STATES_MIN_LENGTH": 1000000000}' bench "${targets[@]}" --output "$out" \
+        --tag "$tag-previous"
 fi
 if want bench_fused bench; then
     # the target rows with the fused x_proj/dt_proj kernel on (off by default until this has run)

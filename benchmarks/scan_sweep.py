@@ -54,8 +54,10 @@ def _override(kind, cfg, batch, dim, nstate, length):
 
 
 # input layouts a forward variant may ask for: "xdbl": B and C as column views of one (batch, length,
-# dt_rank + 2 * state) buffer, as Vim's x_proj gives them (dt_rank 12: rows of 88 bytes); "bc32": B and C in fp32
-INPUT_KEYS = ("xdbl", "bc32")
+# dt_rank + 2 * state) buffer, as Vim's x_proj gives them (dt_rank 12: rows of 88 bytes); "bc32": B and C in fp32;
+# for sweep_bidir also, as the mixer calls the pair: "inplace": each output written over its own u (copies of
+# the inputs' u), "a_log": A given as A_log (A = -exp(A_log) inside the kernel)
+INPUT_KEYS = ("xdbl", "bc32", "inplace", "a_log")
 
 
 def _transform_inputs(ins, cfg):
@@ -163,13 +165,22 @@ def sweep_bidir(variants=None):
                 fb = [_transform_inputs(b, cfg)[k] for k in keys]
             cfg_k = {k: v for k, v in cfg.items() if k not in INPUT_KEYS} if isinstance(cfg, dict) else cfg
             triton_scan._CONFIG_OVERRIDE = _override("fwd", cfg_k or "default", 2 * batch, dim, 16, length)
+            a_log = isinstance(cfg, dict) and bool(cfg.get("a_log"))
+            if a_log:
+                fa, fb = list(fa), list(fb)
+                fa[2], fb[2] = torch.log(-fa[2]), torch.log(-fb[2])
+            out = (fa[0].clone(), fb[0].clone()) if isinstance(cfg, dict) and cfg.get("inplace") else None
+            if out is not None:  # the outputs over the u's: the u's are those buffers (values the same, first call)
+                fa, fb = [out[0]] + list(fa[1:]), [out[1]] + list(fb[1:])
             try:
                 with torch.no_grad():
-                    ys = selective_scan_bidir_triton(fa, fb, a["z"], True)
+                    def run(fa=fa, fb=fb, out=out, a_log=a_log):
+                        return selective_scan_bidir_triton(fa, fb, a["z"], True, out=out, a_log=a_log)
+
+                    ys = tuple(y.clone() for y in run())
                     first = ys if first is None else first
                     err = max(_rel(y, f) for y, f in zip(ys, first))
-                    ms = triton.testing.do_bench(lambda fa=fa, fb=fb: selective_scan_bidir_triton(fa, fb, a["z"], True),
-                                                 warmup=10, rep=60, return_mode="median")
+                    ms = triton.testing.do_bench(run, warmup=10, rep=60, return_mode="median")
             except Exception as exc:  # noqa: BLE001 - a variant this Triton or GPU refuses: record it, go on
                 rows.append({"pass_": "bidir", "batch": batch, "dim": dim, "length": length, "tile": cfg,
                              "error": repr(exc)[:200]})
@@ -342,7 +353,8 @@ def main():
     p.add_argument("--profile", action="store_true")
     p.add_argument("--no-sweep", action="store_true")
     p.add_argument("--bwd-only", action="store_true")
-    p.add_argument("--grid", choices=("layouts", "dr", "v4", "bidir", "v5", "v6", "v6b", "v7", "v8", "v10", "v11", "v12", "split"),
+    p.add_argument("--grid", choices=("layouts", "dr", "v4", "bidir", "v5", "v6", "v6b", "v7", "v8", "v10", "v11", "v12", "v12b",
+                                       "v12c", "split"),
                    default="layouts",
                    help="layouts: states over registers/lanes x chunk x warps (DR = 1); dr: the shipped rule "
                         "against one or two chunks in flight and against two channels per thread")
@@ -445,8 +457,43 @@ def main():
         # with the segment of 16 steps and phase-A chunks of 2 (the v11 sweep's best at 224) and K = 32 with
         # chunks of 2 (not timed yet)
         tiles = [(1, 8, 1, 1, 2, 16, 16, 2), (1, 8, 1, 1, 2, 16, 32, 2)]
-        report["sweep"] = sweep_bidir_backward(
-            ["default", {"bc_prefetch": True}] + [v for t in tiles for v in (t, {"tile": t, "bc_prefetch": True})])
+        backward = sweep_bidir_backward(
+            ["default", {"bc_prefetch": True}] + [v for t in tiles for v in (t, {"tile": t, "bc_prefetch": True})]
+            + ["default"])
+        report["sweep"] = backward
+        save()
+        # The v11 sweep timed the forward's default first (3.319 ms for the Vim-Ti 1248 pair, where v9 had 3.055)
+        # and every prefetch distance after it at ~2.91, and the prefetch did nothing inside the model: the
+        # first row may have run before the clocks settled. Here the default runs first and last, and the
+        # one-lane tile is asked again with two chunks in flight (no register or spill cost offline under 3.6:
+        # 118 registers, 205 instructions a step) with and without the B/C touch.
+        def forward_variants(length):
+            if length < 1024:
+                return ["default", {"prefetch": 8}, "default"]
+            return ["default", {"prefetch": 8}, (1, 16, 1, 1, 1, 32, 2, True), (1, 16, 1, 1, 1, 32, 2, False),
+                    {"tile": (1, 16, 1, 1, 1, 32, 2, True), "prefetch": 8}, (1, 16, 1, 1, 1, 32, 1, False),
+                    "default"]
+        report["sweep"] = backward + sweep_bidir(forward_variants)
+    elif not args.no_sweep and args.grid == "v12b":
+        # session 11: the forward's L2 prefetch took the 1248 pair from 3.29-3.32 ms (the default timed first and
+        # last) to 2.92 in the v12 sweep, as in v11, yet the model ran no faster with it (bench-h200-v11-prefetch).
+        # The mixer calls the pair differently from these sweeps: B and C as columns of x_proj's output, each
+        # output written over its own u, A as A_log. Each of those, with and without the prefetch
+        def variants(length):
+            if length < 1024:
+                return ["default", {"prefetch": 8}]
+            mixer = {"xdbl": True, "inplace": True, "a_log": True}
+            return ["default", {"prefetch": 8}, {"xdbl": True}, {"xdbl": True, "prefetch": 8}, {"inplace": True},
+                    {"inplace": True, "prefetch": 8}, mixer, dict(mixer, prefetch=8), "default"]
+        report["sweep"] = sweep_bidir(variants)
+    elif not args.no_sweep and args.grid == "v12c":
+        # session 11, after the v12b sweep: the prefetch on by default for long sequences and the mixer's B and C
+        # packed into rows of their own (pack_scan_states); each against the layout and distance it replaced
+        def variants(length):
+            if length < 1024:
+                return ["default", {"xdbl": True}, {"prefetch": 8}, "default"]
+            return ["default", {"prefetch": 0}, {"xdbl": True}, {"xdbl": True, "prefetch": 0}, "default"]
+        report["sweep"] = sweep_bidir(variants)
     elif not args.no_sweep and args.grid == "split":
         report["sweep"] = sweep_split_in_time()
     elif not args.no_sweep and args.grid == "v7":
