@@ -436,7 +436,7 @@ def test_compiles_for_hopper(l_contig):
     bwd_flags = dict(flags, WP=4)
     unit = {"stride_xl": 1} if l_contig else {"stride_xd": 1}
     sized = ["L", "stride_xb", "stride_xd"] if l_contig else ["D", "L", "stride_xb", "stride_xl"]
-    bd, bl, _, _ = mod._tiles_fwd(l_contig)[0]
+    bd, bl = mod._tiles_fwd(l_contig)[0][:2]
     fwd_types = {"x_ptr": "*bf16", "w_ptr": "*fp32", "b_ptr": "*fp32", "out_ptr": "*bf16", "w2_ptr": "*fp32",
                  "b2_ptr": "*fp32", "out2_ptr": "*bf16"}
     fwd_aligned = ["x_ptr", "w_ptr", "b_ptr", "out_ptr", "w2_ptr", "b2_ptr", "out2_ptr", "stride_ob", "stride_od"]
@@ -452,6 +452,12 @@ def test_compiles_for_hopper(l_contig):
                 dict(flags, REVERSE=not pair, PAIR=pair, BLOCK_D=128, BLOCK_L=64, SLIDE=True, stride_ol=1,
                      **unit), fwd_aligned + sized)
             assert ptx.count("ld.global") >= 1 and "st.local" not in ptx
+            if pair:  # the L2 prefetch of the row some steps ahead (a tile's PREFETCH): one hint a step, no spill
+                ptx = compile_for_sm90(
+                    mod._conv1d_fwd_kernel, fwd_types,
+                    dict(flags, REVERSE=False, PAIR=True, BLOCK_D=128, BLOCK_L=64, SLIDE=True, PREFETCH=8,
+                         stride_ol=1, **unit), fwd_aligned + sized)
+                assert ptx.count("prefetch.global.L2") == 1 and "st.local" not in ptx
     bwd_ptrs = {"x_ptr": "*bf16", "w_ptr": "*fp32", "b_ptr": "*fp32", "dout_ptr": "*bf16", "dx_ptr": "*bf16",
                 "dw_part_ptr": "*fp32", "db_part_ptr": "*fp32", "w2_ptr": "*fp32", "b2_ptr": "*fp32",
                 "dout2_ptr": "*bf16", "dw2_part_ptr": "*fp32", "db2_part_ptr": "*fp32"}

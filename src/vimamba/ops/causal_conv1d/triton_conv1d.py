@@ -66,6 +66,7 @@ def _conv1d_fwd_kernel(
     stride_ob, stride_od, stride_ol,
     W: tl.constexpr, REVERSE: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr, PAIR: tl.constexpr = False, SLIDE: tl.constexpr = False,
+    PREFETCH: tl.constexpr = 0,
 ):
     # PAIR: Vim's two convs of one x in one pass (w, b -> out causal; w2, b2 -> out2 anti-causal, REVERSE
     # False): the lag-0 tile serves both and x comes from memory once instead of twice
@@ -107,7 +108,8 @@ def _conv1d_fwd_kernel(
         else:
             n_steps = BLOCK_L + 3
         t = t0 - 3
-        x_p = x_ptr + pid_b * stride_xb + offs_d * stride_xd + t * stride_xl
+        x_row = x_ptr + pid_b * stride_xb + offs_d * stride_xd
+        x_p = x_row + t * stride_xl
         o_c = out_ptr + pid_b * stride_ob + offs_d * stride_od + t * stride_ol  # causal output at t
         if PAIR:
             o_a = out2_ptr + pid_b * stride_ob + offs_d * stride_od + (t - 3) * stride_ol  # anti-causal at t-3
@@ -119,6 +121,13 @@ def _conv1d_fwd_kernel(
             x0 = x_n.to(tl.float32)
             x_p += stride_xl  # the next step's row is in flight while this one is computed
             x_n = tl.load(x_p, mask=mask_d & (t + 1 >= 0) & (t + 1 < L), other=0.0)
+            if PREFETCH > 0:
+                # The row PREFETCH steps ahead asked into L2 (a PTX hint: no register waits on it; compiled only).
+                # Each step's load is issued one step before its use, and a step is a few dozen instructions:
+                # without the hint a short walk waits on a full memory round trip per step (see _tiles_fwd).
+                t_pf = tl.minimum(tl.maximum(t + PREFETCH, 0), L - 1)
+                tl.inline_asm_elementwise("prefetch.global.L2 [$1]; mov.u32 $0, 0;", "=r,l",
+                                          [x_row + t_pf * stride_xl], dtype=tl.int32, is_pure=False, pack=1)
             if not REVERSE:
                 y = ba + wa0 * x0 + wa1 * x1 + wa2 * x2 + wa3 * x3
                 if SILU:
@@ -369,18 +378,22 @@ def _conv1d_bwd_kernel(
 # ----------------------------------------------------------------------------------------------------------
 
 def _tiles_fwd(l_contig: bool):
-    """Candidate (BLOCK_D, BLOCK_L, num_warps, SLIDE) for the forward kernel, the heuristic choice first.
+    """Candidate (BLOCK_D, BLOCK_L, num_warps, SLIDE, PREFETCH) for the forward kernel, the heuristic choice first.
 
     2-D tiles: 8-16 elements per thread, 56-98 registers on sm_90 (Triton 3.8, width 4, SiLU), no spills.
     SLIDE tiles (channels contiguous only): one channel per thread walking BLOCK_L steps with a window of x in
     registers (30 registers). Compiled, they were wrong until session 7 (the window was not loop-carried, see
     the kernel); since the fix the whole conv test file passes on an H200 (session 8:
     gpu_conv_tests_v9-h200.log), and offered to the autotuner they gave Vim-Ti 0.81x and Vim-S 0.84x DeiT at
-    1248 where the 2-D tiles gave 0.75x and 0.72x (bench-h200-v8-slide, bench-h200-v7)."""
+    1248 where the 2-D tiles gave 0.75x and 0.72x (bench-h200-v8-slide, bench-h200-v7). PREFETCH (SLIDE only,
+    compiled only): x's row that many steps ahead asked into L2; the two-channel SLIDE tile with it ran the pair
+    at Vim-Ti 224, batch 128 in 0.047 ms where the autotuner's best without it took 0.058, and at Vim-S 1248,
+    batch 32 in 0.337 against 0.371 (H200, conv_sweep-h200-v12; no gain at Vim-Ti 1248)."""
     if l_contig:  # steps contiguous: long rows along L
-        return [(4, 256, 4, False), (8, 128, 4, False), (8, 256, 8, False)]
+        return [(4, 256, 4, False, 0), (8, 128, 4, False, 0), (8, 256, 8, False, 0)]
     # channels contiguous: wide along D, or one channel per thread along L
-    return [(64, 16, 4, False), (32, 32, 4, False), (128, 16, 8, False), (128, 64, 4, True), (256, 64, 4, True)]
+    return [(64, 16, 4, False, 0), (32, 32, 4, False, 0), (128, 16, 8, False, 0), (128, 64, 4, True, 0),
+            (256, 64, 4, True, 0), (256, 64, 4, True, 4)]
 
 
 def _tile_l_bwd(l_contig: bool) -> int:
@@ -398,7 +411,8 @@ def _tiles_bwd_d(l_contig: bool):
 
 # The interpreter runs programs one after another in Python: fewer, larger tiles (same for both kernels).
 _INTERP_TILES = {True: (8, 256), False: (64, 256)}  # l_contig -> (BLOCK_D, BLOCK_L)
-# (BLOCK_D, BLOCK_L, num_warps, SLIDE) forced on every forward launch, compiled or interpreted (tests, sweeps)
+# (BLOCK_D, BLOCK_L, num_warps, SLIDE[, PREFETCH]) forced on every forward launch, compiled or interpreted (tests,
+# sweeps; PREFETCH is dropped in the interpreter, which cannot run PTX)
 _FWD_TILE_OVERRIDE = None
 
 _KERNELS = {}
@@ -406,8 +420,8 @@ _KERNELS = {}
 
 def _autotune_configs(name: str, l_contig: bool) -> list:
     if name == "fwd":
-        return [triton.Config({"BLOCK_D": bd, "BLOCK_L": bl, "SLIDE": slide}, num_warps=nw)
-                for bd, bl, nw, slide in _tiles_fwd(l_contig)]
+        return [triton.Config({"BLOCK_D": bd, "BLOCK_L": bl, "SLIDE": slide, "PREFETCH": pf}, num_warps=nw)
+                for bd, bl, nw, slide, pf in _tiles_fwd(l_contig)]
     return [triton.Config({"BLOCK_D": bd}, num_warps=nw) for bd, nw in _tiles_bwd_d(l_contig)]
 
 
@@ -463,14 +477,14 @@ def _launch_fwd(x, weight, bias, silu, reverse, second=None, stacked=False):
     grid = lambda meta: (cdiv(length, meta["BLOCK_L"]), cdiv(dim, meta["BLOCK_D"]), batch)  # noqa: E731
     extra = {}
     if _FWD_TILE_OVERRIDE:
-        bd, bl, nw, slide = _FWD_TILE_OVERRIDE
-        extra = {"BLOCK_D": bd, "BLOCK_L": bl, "SLIDE": slide, **({} if interp else {"num_warps": nw})}
+        bd, bl, nw, slide, pf = (*_FWD_TILE_OVERRIDE, 0)[:5]
+        extra = {"BLOCK_D": bd, "BLOCK_L": bl, "SLIDE": slide, **({} if interp else {"num_warps": nw, "PREFETCH": pf})}
     elif interp:
         bd, bl = _INTERP_TILES[l_contig]
         extra = {"BLOCK_D": bd, "BLOCK_L": bl}
     elif not tuned:
-        bd, bl, nw, slide = _tiles_fwd(l_contig)[0]
-        extra = {"BLOCK_D": bd, "BLOCK_L": bl, "num_warps": nw, "SLIDE": slide}
+        bd, bl, nw, slide, pf = _tiles_fwd(l_contig)[0]
+        extra = {"BLOCK_D": bd, "BLOCK_L": bl, "num_warps": nw, "SLIDE": slide, "PREFETCH": pf}
     kern[grid](
         x, weight, bias if bias is not None else weight, out,
         w2, b2 if b2 is not None else w2, out2,
