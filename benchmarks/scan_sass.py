@@ -30,7 +30,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "src"))
 # flags of the shipped kernels at the tiles the rules pick (bidirectional pair, softplus, D, z, bias, A_log)
 FWD_FLAGS = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, HAS_ADD=False, SOFTPLUS=True, REVERSE=False,
                  STORE_HS=False, STORE_LAST=False, HS_EVERY=1, EVEN_D=True, EVEN_N=True, PAD=False, AHEAD=1,
-                 VEC=True, BIDIR=True, TOUCH=True, A_LOG=True, PASS=0, PREFETCH=0)
+                 VEC=True, BIDIR=True, TOUCH=True, A_LOG=True, PASS=0, PREFETCH=8)
 BWD_FLAGS = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, REVERSE=False, HAS_DLAST=False,
                  ATOMIC_BC=False, EVEN_D=True, EVEN_N=True, PAD=True, TA=4, BIDIR=True, A_LOG=True, BC_PREFETCH=False)
 TILE_NAMES = {"fwd": ("T", "NR", "DR", "W", "NL", "DL"), "bwd": ("T", "NR", "DR", "W", "NL", "DL", "K")}
@@ -38,7 +38,7 @@ FP32_POINTERS = ("A", "D", "bias", "last", "hs", "dlast", "scr", "segh", "segdt"
 UNIT_STRIDES = ("s_ud", "s_td", "s_zd", "s_od", "s_ad", "s_Bn", "s_Cn", "s_gd", "s_xd", "s_pn")
 
 
-def compile_scan(kind: str, flags: dict, dtype: str = "bf16", maxnreg: int = 0):
+def compile_scan(kind: str, flags: dict, dtype: str = "bf16", maxnreg: int = 0, bc_dtype: str = ""):
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -57,7 +57,12 @@ def compile_scan(kind: str, flags: dict, dtype: str = "bf16", maxnreg: int = 0):
         elif name in UNIT_STRIDES:
             signature[name], constants[(i,)] = "constexpr", 1
         elif name.endswith("_ptr"):
-            signature[name] = "*fp32" if name.startswith(FP32_POINTERS) else f"*{dtype}"
+            if name.startswith(FP32_POINTERS):
+                signature[name] = "*fp32"
+            elif bc_dtype and name.startswith(("B_", "C_")):
+                signature[name] = f"*{bc_dtype}"
+            else:
+                signature[name] = f"*{dtype}"
         else:
             signature[name] = "i32"
     aligned = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(names) if name.endswith("_ptr")}
@@ -97,6 +102,8 @@ def main():
                                   "default the rule's at Vim-Ti 1248 batch 64 (fwd) / 224 batch 128 (bwd)")
     p.add_argument("--set", nargs="*", default=[], metavar="FLAG=VALUE", help="other constexpr flags")
     p.add_argument("--dtype", default="bf16", choices=("bf16", "fp16", "fp32"))
+    p.add_argument("--bc-dtype", default="", choices=("", "bf16", "fp16", "fp32"),
+                   help="B and C pointers' type where it differs from --dtype (the mixer may hand them over in fp32)")
     p.add_argument("--maxnreg", type=int, default=168, help="register cap (0: ptxas's choice)")
     p.add_argument("--sass", help="write the whole SASS here")
     p.add_argument("--ttgir", help="write Triton's GPU IR (the layouts it chose) here")
@@ -117,7 +124,7 @@ def main():
 
     import triton
 
-    compiled = compile_scan(args.kind, flags, args.dtype, args.maxnreg)
+    compiled = compile_scan(args.kind, flags, args.dtype, args.maxnreg, args.bc_dtype)
     cubin = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"vimamba_scan_{args.kind}_{os.getpid()}.cubin")
     with open(cubin, "wb") as f:
         f.write(compiled.asm["cubin"])
@@ -136,7 +143,7 @@ def main():
     stack = int(m.group(1)) if (m := re.search(r"STACK:(\d+)", usage)) else None
     found = loops(sass)
     elements = flags["T"] * flags["NR"] * flags["DR"]  # (step, state, channel) elements per thread and chunk
-    print(f"{args.kind} tile {dict(zip(names, values))}, {args.dtype}, maxnreg {args.maxnreg or 'ptxas'}: "
+    print(f"{args.kind} tile {dict(zip(names, values))}, {args.dtype}{' B/C ' + args.bc_dtype if args.bc_dtype else ''}, maxnreg {args.maxnreg or 'ptxas'}: "
           f"{registers} registers, {stack} bytes of stack")
     print("| loop | instructions | per element of a T-step chunk | most frequent |")
     print("| --- | --- | --- | --- |")
@@ -146,7 +153,7 @@ def main():
               f"{top} |")
     if args.out:
         with open(args.out, "w") as f:
-            json.dump({"kind": args.kind, "triton": triton.__version__, "flags": flags, "dtype": args.dtype, "maxnreg": args.maxnreg,
+            json.dump({"kind": args.kind, "triton": triton.__version__, "flags": flags, "dtype": args.dtype, "bc_dtype": args.bc_dtype or args.dtype, "maxnreg": args.maxnreg,
                        "registers": registers, "stack": stack, "loops": found}, f, indent=1)
 
 

@@ -103,11 +103,15 @@ def _logits_and_grads(model, images, backend, monkeypatch):
     return logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
 
 
-@pytest.mark.parametrize("fused_proj", [False, True], ids=["cublas-proj", "fused-proj"])
-def test_whole_model_triton_path_matches_reference(fused_proj, monkeypatch):
+@pytest.mark.parametrize("fused_proj,packed", [(False, False), (True, False), (False, True)],
+                         ids=["cublas-proj", "fused-proj", "packed-states"])
+def test_whole_model_triton_path_matches_reference(fused_proj, packed, monkeypatch):
+    import vimamba.ops
     from vimamba.ops import ssm_proj
 
     monkeypatch.setattr(ssm_proj, "FUSED_BY_DEFAULT", fused_proj)
+    # packed: B and C copied into rows of their own (pack_scan_states), which the mixer does from 1,024 tokens
+    monkeypatch.setattr(vimamba.ops, "PACK_STATES_MIN_LENGTH", 1 if packed else 1 << 30)
     model = tiny_vim()
     images = torch.randn(2, 3, 32, 32)
     fast, fast_grads = _logits_and_grads(model, images, "triton", monkeypatch)
@@ -145,6 +149,28 @@ def test_stacked_inference_path_on_both_backends(fused_proj, monkeypatch):
                 got[backend, once] = model(images).float()
     for key, logits in got.items():
         assert (logits - want).abs().max() / want.abs().max() < 3e-2, key
+
+
+def test_pack_scan_states_copies_rows_for_the_triton_scan_only(monkeypatch):
+    """From PACK_STATES_MIN_LENGTH steps the Triton path gets B and C as views of one (batch, length, 2 x state)
+    buffer (unit state stride, rows of 2 x state values), same values, gradients passed back to x_proj's output
+    columns; shorter sequences and the reference backend get the views they gave."""
+    import vimamba.ops
+    from vimamba.ops import pack_scan_states
+
+    x_dbl = torch.randn(2, 9, 3 + 2 * 4, requires_grad=True)  # (batch, length, dt_rank + 2 x state) as x_proj's
+    B, C = x_dbl[..., 3:7].transpose(1, 2), x_dbl[..., 7:].transpose(1, 2)
+    monkeypatch.setattr(vimamba.ops, "PACK_STATES_MIN_LENGTH", 9)
+    assert pack_scan_states(B, C, backend="reference") == (B, C)
+    PB, PC = pack_scan_states(B, C, backend="triton")
+    assert PB.stride() == (9 * 8, 1, 8) and PC.stride() == (9 * 8, 1, 8)
+    assert PC.data_ptr() == PB.data_ptr() + 4 * PB.element_size()
+    assert torch.equal(PB, B) and torch.equal(PC, C)
+    (PB.sum() + 2 * PC.sum()).backward()
+    want = torch.cat([torch.zeros(2, 9, 3), torch.ones(2, 9, 4), 2 * torch.ones(2, 9, 4)], dim=2)
+    assert torch.equal(x_dbl.grad, want)
+    monkeypatch.setattr(vimamba.ops, "PACK_STATES_MIN_LENGTH", 10)
+    assert pack_scan_states(B, C, backend="triton") == (B, C)
 
 
 def test_torch_compile_keeps_one_graph(monkeypatch):

@@ -797,9 +797,13 @@ _HELPERS: dict = {}
 _STRIDE_ARGS = ("s_ub s_ul s_tb s_tl s_zb s_zl s_Bb s_Bl s_Cb s_Cl s_ob s_ol s_gb s_gl s_xb s_xl s_pp s_pb s_pl "
                 "never").split()
 
-# Chunks ahead of their use at which the forward prefetches u, delta and z to L2 (0: none; see _prefetch_impl).
-# _CONFIG_OVERRIDE["prefetch"] replaces it for sweeps.
-FWD_PREFETCH = 0
+# Chunks ahead of their use at which the forward prefetches u, delta and z to L2 (0: none; see _prefetch_impl), for
+# sequences of at least FWD_PREFETCH_MIN_LENGTH steps. The two-direction pair at Vim-Ti 1248, batch 64: 3.32 ->
+# 2.94 ms with B and C in rows of their own (H100, scan_sweep_v12b-h100-v12; H200 3.29 -> 2.92, v12), and no gain
+# with B and C as x_proj's 88-byte columns (3.55 -> 3.49), which is why the mixer packs them (pack_scan_states).
+# At 197 steps it cost 3% (0.197 -> 0.203 ms). _CONFIG_OVERRIDE["prefetch"] replaces the rule for sweeps.
+FWD_PREFETCH = 8
+FWD_PREFETCH_MIN_LENGTH = 1024
 
 # The backward's register cap (see _launch_bwd)
 _BWD_REGISTERS = 168
@@ -922,7 +926,12 @@ def _launch_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, want_las
     if _override("touch") is not None:
         touch = bool(_override("touch"))
     # u, delta and z prefetched to L2 this many chunks ahead (compiled only: a PTX hint)
-    prefetch = 0 if interp else int(_override("prefetch") if _override("prefetch") is not None else FWD_PREFETCH)
+    if interp:
+        prefetch = 0
+    elif _override("prefetch") is not None:
+        prefetch = int(_override("prefetch"))
+    else:
+        prefetch = FWD_PREFETCH if length >= FWD_PREFETCH_MIN_LENGTH else 0
     _check_tile(T, NR, DR, W, NL, DL, nstate)
     if want_hs:  # the states entering each segment of the backward
         cfg_b = _config("bwd", dim, nstate, length, interp, batch * dim / num_sms(u.device))
