@@ -9,13 +9,13 @@
 # (session 8 lost its profile and ncu files to that limit).
 #   tests:   scan_tests, split_tests, conv_tests, proj_tests, model_tests
 #   sweep:   sweep_proj, conv_sweep, sweep_v12c, sweep_v12b, sweep_v12, sweep_v11, sweep_v10, sweep_v8, sweep_split, sweep_v7, sweep_v6b
-#   bench:   bench_targets, bench_previous, bench_fused, bench_prefetch (after sweep_v11), bench_graphs
-#   profile: kernel_profile, host, first_call, ncu_fwd, ncu_bwd, ncu_src
-# The next calls (session 10 ran model_tests, proj_tests, the v10/v11 sweeps, the benches and ncu_src; the
-# full-size scan tests of its layout fix did not run), ~6 minutes each on a fresh machine:
-#   for p in scan_tests bench_targets sweep_v12 kernel_profile; do ...; done   # the peak back at ~2.91 GiB?
-#   SCAN_OVERRIDE='{"prefetch": 8}' ... kernel_profile; then bench_graphs host ncu_src
-# (the prefetch sped the 1248 pair up 12% alone and not inside the model: the profile says where it went)
+#   bench:   bench_targets, bench_fused, bench_prefetch (after sweep_v11), bench_graphs
+#   profile: kernel_profile, model_variants, host, first_call, ncu_fwd, ncu_bwd, ncu_src
+# The next call (session 11 ran the v12/v12b/v12c sweeps, the conv sweep, the benches, the GPU scan and model
+# tests, and ncu on the model's own scan launch; its last measurement, model_variants, got no device time):
+#   for p in model_variants bench_graphs host; do ...; done
+# (the forward's L2 prefetch sped the 1248 pair up 12% alone and not inside the model, where 35% of its stall
+# samples wait on B/C loads: model_variants times the B/C prefetch inside the model)
 #
 # 1. GPU correctness: full-size scans (both directions, every gradient; the backward's sm_90 registers), the
 #    forward split in time, the conv (SLIDE tiles included), the fused projections, the whole-model
@@ -111,13 +111,6 @@ fi
 if want bench_targets bench; then
     step 300 "bench-$tag-targets.log" "${cli[@]}" bench "${targets[@]}" --output "$out" --tag "$tag-targets"
 fi
-if want bench_previous bench; then
-    # the target rows as shipped before session 11's defaults (no forward prefetch, B and C as x_proj's columns),
-    # for a same-machine comparison with bench_targets
-    step 300 "bench-$tag-previous.log" python benchmarks/_override_run.py \
-        '{"prefetch": 0, "vimamba.ops:PACK_STATES_MIN_LENGTH": 1000000000}' bench "${targets[@]}" --output "$out" \
-        --tag "$tag-previous"
-fi
 if want bench_fused bench; then
     # the target rows with the fused x_proj/dt_proj kernel on (off by default until this has run)
     step 300 "bench-$tag-fused.log" env VIMAMBA_FUSED_PROJ=1 "${cli[@]}" bench "${targets[@]}" --output "$out" \
@@ -147,6 +140,10 @@ fi
 if want host profile; then
     step 90 "host_overhead_train-$tag.log" python benchmarks/host_overhead.py --train \
         --out "$out/host_overhead_train-$tag.json"
+fi
+if want model_variants profile; then
+    # the model's forward under kernel options that sped the scan up alone but not (yet) inside the model
+    step 150 "model_variants-$tag.log" python benchmarks/model_variants.py --out "$out/model_variants-$tag.json"
 fi
 if want first_call profile; then
     step 90 "first_call-$tag.log" python benchmarks/first_call.py --out "$out/first_call-$tag.json"

@@ -262,14 +262,26 @@ def sweep_bidir_backward(variants, problems=((128, 384, 197), (128, 768, 197), (
         lb = [b[k].detach().requires_grad_(True) for k in keys]
         z = a["z"].detach().requires_grad_(True)
         g_f, g_b = torch.randn_like(a["u"]), torch.randn_like(b["u"])
-        leaves = la + lb + [z]
-
-        def step():
-            y_f, y_b = selective_scan_bidir_triton(la, lb, z, True)
-            return torch.autograd.grad((y_f, y_b), leaves, (g_f, g_b))
-
         first = None
+        plain_la, plain_lb = la, lb
         for cfg in variants:
+            label = cfg
+            la, lb = plain_la, plain_lb
+            if isinstance(cfg, dict) and cfg.get("xdbl"):  # B and C as columns of x_proj's output (88-byte rows)
+                def columns(leaves):
+                    B, C = leaves[3], leaves[4]
+                    buf = torch.empty(batch, length, 12 + 32, device="cuda", dtype=B.dtype)
+                    buf[..., 12:28], buf[..., 28:] = B.detach().transpose(1, 2), C.detach().transpose(1, 2)
+                    buf.requires_grad_(True)
+                    return leaves[:3] + [buf[..., 12:28].transpose(1, 2), buf[..., 28:].transpose(1, 2)] + leaves[5:]
+                la, lb = columns(plain_la), columns(plain_lb)
+                cfg = {k: v for k, v in cfg.items() if k != "xdbl"} or "default"
+            leaves = la + lb + [z]
+
+            def step(la=la, lb=lb, leaves=leaves):
+                y_f, y_b = selective_scan_bidir_triton(la, lb, z, True)
+                return torch.autograd.grad((y_f, y_b), leaves, (g_f, g_b))
+
             triton_scan._CONFIG_OVERRIDE = _override("bwd", cfg, 2 * batch, dim, 16, length)
             try:
                 grads = step()
@@ -280,11 +292,11 @@ def sweep_bidir_backward(variants, problems=((128, 384, 197), (128, 768, 197), (
                                                      warmup=10, rep=60, return_mode="median")
                 ms = triton.testing.do_bench(step, warmup=10, rep=60, return_mode="median")
             except Exception as exc:  # noqa: BLE001 - a variant this Triton or GPU refuses: record it, go on
-                rows.append({"pass_": "bidir fwd+bwd", "batch": batch, "dim": dim, "length": length, "tile": cfg,
+                rows.append({"pass_": "bidir fwd+bwd", "batch": batch, "dim": dim, "length": length, "tile": label,
                              "error": repr(exc)[:200]})
                 print(rows[-1], flush=True)
                 continue
-            rows.append({"pass_": "bidir fwd+bwd", "batch": batch, "dim": dim, "length": length, "tile": cfg,
+            rows.append({"pass_": "bidir fwd+bwd", "batch": batch, "dim": dim, "length": length, "tile": label,
                          "ms": ms, "bwd_ms": ms - fwd_ms, "gsteps": 2 * batch * dim * 16 * length / ms / 1e6,
                          "rel_diff": err})
             print(rows[-1], flush=True)
@@ -487,13 +499,20 @@ def main():
                     {"inplace": True, "prefetch": 8}, mixer, dict(mixer, prefetch=8), "default"]
         report["sweep"] = sweep_bidir(variants)
     elif not args.no_sweep and args.grid == "v12c":
-        # session 11, after the v12b sweep: the prefetch on by default for long sequences and the mixer's B and C
-        # packed into rows of their own (pack_scan_states); each against the layout and distance it replaced
+        # session 11, after the v12b sweep: the forward's prefetch and B and C in rows of their own (packed) or as
+        # x_proj's columns. (In scan_sweep_v12c-h100-v12c "default" was {"prefetch": 8} at 1248: the shipped rule
+        # of that call, turned off again after the model did not follow, docs/performance.md v12.)
         def variants(length):
             if length < 1024:
                 return ["default", {"xdbl": True}, {"prefetch": 8}, "default"]
-            return ["default", {"prefetch": 0}, {"xdbl": True}, {"xdbl": True, "prefetch": 0}, "default"]
-        report["sweep"] = sweep_bidir(variants)
+            return [{"prefetch": 8}, {"prefetch": 0}, {"xdbl": True, "prefetch": 8}, {"xdbl": True, "prefetch": 0},
+                    {"prefetch": 8}]
+        forward = sweep_bidir(variants)
+        report["sweep"] = forward
+        save()
+        # the training step's backward (B and C unpacked below 1,024 steps) with B and C in either layout
+        report["sweep"] = forward + sweep_bidir_backward(["default", {"xdbl": True}, "default"],
+                                                         problems=((128, 384, 197), (128, 768, 197)))
     elif not args.no_sweep and args.grid == "split":
         report["sweep"] = sweep_split_in_time()
     elif not args.no_sweep and args.grid == "v7":

@@ -49,10 +49,10 @@ DEVICE_TRITON = Path(os.environ.get("VIMAMBA_DEVICE_TRITON", ROOT / ".ci" / "tri
 
 
 # (kind, flags, most instructions in the step loop: the forward's, or the backward's phase B)
-# (the forward as at 1248, with the L2 prefetch; and as at 224, without it)
-@pytest.mark.parametrize("kind,flags,max_step", [("bwd", [], 470), ("fwd", [], 230), ("bwd", ["BC_PREFETCH=True"], 470),
-                                                 ("fwd", ["PREFETCH=0"], 215)],
-                         ids=["bwd", "fwd", "bwd-bc-prefetch", "fwd-no-prefetch"])
+# (the shipped forward, and with its L2 prefetch options: of u, delta and z; and of B and C too)
+@pytest.mark.parametrize("kind,flags,max_step", [("bwd", [], 470), ("fwd", [], 215), ("bwd", ["BC_PREFETCH=True"], 470),
+                                                 ("fwd", ["PREFETCH=8"], 230), ("fwd", ["PREFETCH=8", "BC_PREFETCH=8"], 240)],
+                         ids=["bwd", "fwd", "bwd-bc-prefetch", "fwd-prefetch", "fwd-bc-prefetch"])
 def test_scan_compiles_without_layout_conversions_under_the_device_triton(kind, flags, max_step, tmp_path):
     if not (DEVICE_TRITON / "triton").is_dir():
         pytest.skip(f"no Triton of the device image at {DEVICE_TRITON} (.ci/run installs it; or set "

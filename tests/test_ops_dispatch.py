@@ -110,8 +110,8 @@ def test_whole_model_triton_path_matches_reference(fused_proj, packed, monkeypat
     from vimamba.ops import ssm_proj
 
     monkeypatch.setattr(ssm_proj, "FUSED_BY_DEFAULT", fused_proj)
-    # packed: B and C copied into rows of their own (pack_scan_states), which the mixer does from 1,024 tokens
-    monkeypatch.setattr(vimamba.ops, "PACK_STATES_MIN_LENGTH", 1 if packed else 1 << 30)
+    # packed: B and C copied into rows of their own (pack_scan_states, off by default)
+    monkeypatch.setattr(vimamba.ops, "PACK_STATES_MIN_LENGTH", 1 if packed else None)
     model = tiny_vim()
     images = torch.randn(2, 3, 32, 32)
     fast, fast_grads = _logits_and_grads(model, images, "triton", monkeypatch)
@@ -152,7 +152,7 @@ def test_stacked_inference_path_on_both_backends(fused_proj, monkeypatch):
 
 
 def test_pack_scan_states_copies_rows_for_the_triton_scan_only(monkeypatch):
-    """From PACK_STATES_MIN_LENGTH steps the Triton path gets B and C as views of one (batch, length, 2 x state)
+    """From PACK_STATES_MIN_LENGTH steps (None by default: never) the Triton path gets B and C as views of one (batch, length, 2 x state)
     buffer (unit state stride, rows of 2 x state values), same values, gradients passed back to x_proj's output
     columns; shorter sequences and the reference backend get the views they gave."""
     import vimamba.ops
@@ -170,6 +170,8 @@ def test_pack_scan_states_copies_rows_for_the_triton_scan_only(monkeypatch):
     want = torch.cat([torch.zeros(2, 9, 3), torch.ones(2, 9, 4), 2 * torch.ones(2, 9, 4)], dim=2)
     assert torch.equal(x_dbl.grad, want)
     monkeypatch.setattr(vimamba.ops, "PACK_STATES_MIN_LENGTH", 10)
+    assert pack_scan_states(B, C, backend="triton") == (B, C)
+    monkeypatch.setattr(vimamba.ops, "PACK_STATES_MIN_LENGTH", None)
     assert pack_scan_states(B, C, backend="triton") == (B, C)
 
 

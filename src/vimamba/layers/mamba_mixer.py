@@ -145,8 +145,8 @@ class BiMambaMixer(nn.Module):
 
     def _scan_inputs(self, u_f, u_b, proj_f, proj_b) -> tuple[ScanInputs, ScanInputs]:
         """Both branches' scan inputs. A_log as it is stored: the scan computes A = -exp(A_log) itself (a_log=True
-        in the callers), and takes A_log, D and the bias in fp32 whatever their dtype. B and C as the scan reads
-        them fastest (``pack_scan_states``)."""
+        in the callers), and takes A_log, D and the bias in fp32 whatever their dtype. B and C through
+        ``pack_scan_states`` (as they are, by default)."""
         (delta_f, B_f, C_f), (delta_b, B_b, C_b) = proj_f, proj_b
         B_f, C_f = pack_scan_states(B_f, C_f)
         B_b, C_b = pack_scan_states(B_b, C_b)

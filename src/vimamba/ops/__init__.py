@@ -113,22 +113,24 @@ def bidirectional_selective_scan_fn(
     return selective_scan_bidir_ref(fwd, bwd, z, delta_softplus, out=out, a_log=a_log)
 
 
-# Sequences at least this long get their B and C packed by ``pack_scan_states`` (where it was measured).
-PACK_STATES_MIN_LENGTH = 1024
+# Sequences at least this long get their B and C packed by ``pack_scan_states``; None: never (the default, see there).
+PACK_STATES_MIN_LENGTH: int | None = None
 
 
 def pack_scan_states(B: torch.Tensor, C: torch.Tensor, *, backend: str | None = None
                      ) -> tuple[torch.Tensor, torch.Tensor]:
-    """B and C (batch, d_state, length), as the scan on the chosen backend reads them fastest: for the Triton
-    scan of sequences of at least ``PACK_STATES_MIN_LENGTH`` steps, copied (one launch, differentiable) into one
+    """B and C (batch, d_state, length) for the scan: for the Triton scan of sequences of at least
+    ``PACK_STATES_MIN_LENGTH`` steps (None, the default: none), copied (one launch, differentiable) into one
     (batch, length, 2 * d_state) buffer and returned as views of it; otherwise as they are.
 
-    Why: Vim's B and C are columns of x_proj's output, rows of dt_rank + 2 * d_state values (88 bytes at
-    Vim-Ti), so a step's 16 B values straddle two 32-byte sectors three rows in four. Read from such rows the
-    two-direction forward at Vim-Ti 1248, batch 64 took 3.55 ms (H100, ``scan_sweep_v12b-h100-v12``) where
-    packed rows took 3.32, and its L2 prefetch of u, delta and z (the launcher's rule at this length) brought the
-    packed case to 2.94 but the column case only to 3.49. The copy moves ~2 x 25 MB there (~0.02 ms)."""
-    if B.shape[-1] < PACK_STATES_MIN_LENGTH or resolve_backend(B, backend) != "triton":
+    Why it exists: Vim's B and C are columns of x_proj's output, rows of dt_rank + 2 * d_state values (88 bytes
+    at Vim-Ti), so a step's 16 B values straddle two 32-byte sectors three rows in four. Alone, the
+    two-direction forward at Vim-Ti 1248, batch 64 read them from such rows in 3.55 ms (H100,
+    ``scan_sweep_v12b-h100-v12``) and from packed rows in 3.32 (2.94 with the forward's L2 prefetch, 3.49 from
+    columns). Why it is off: inside the model, packed and prefetched, the pair's launches took as long as before
+    (3.34 ms, ``profile-h100-v12c``) and the split-in-time batch 8 ran slower (``bench-h100-v12c-*``)."""
+    if (PACK_STATES_MIN_LENGTH is None or B.shape[-1] < PACK_STATES_MIN_LENGTH
+            or resolve_backend(B, backend) != "triton"):
         return B, C
     n = B.shape[1]
     packed = torch.cat([B.transpose(1, 2), C.transpose(1, 2)], dim=2)

@@ -194,7 +194,7 @@ def _scan_fwd_kernel(
     EVEN_D: tl.constexpr, EVEN_N: tl.constexpr, PAD: tl.constexpr,
     T: tl.constexpr, NR: tl.constexpr, DR: tl.constexpr, W: tl.constexpr, NL: tl.constexpr, DL: tl.constexpr,
     AHEAD: tl.constexpr, VEC: tl.constexpr, BIDIR: tl.constexpr, TOUCH: tl.constexpr, A_LOG: tl.constexpr,
-    PASS: tl.constexpr = 0, PREFETCH: tl.constexpr = 0,
+    PASS: tl.constexpr = 0, PREFETCH: tl.constexpr = 0, BC_PREFETCH: tl.constexpr = 0,
 ):
     # PASS 0: the whole sequence per program. Split in time (short of rows to fill the GPU: small batches at
     # high resolution), grid axis 1 runs over (batch element, segment of seg_chunks chunks): PASS 1 scans
@@ -403,6 +403,12 @@ def _scan_fwd_kernel(
             _prefetch(t_row + t_pf * s_tl, False)
             if HAS_Z:
                 _prefetch(z_row + t_pf * s_zl, False)
+        if BC_PREFETCH > 0:  # B's and C's rows BC_PREFETCH chunks ahead to L2, a lane per (state, step) (off, see
+            # FWD_PREFETCH)
+            t_bc = tl.minimum(tl.maximum(t0 + sgn * (BC_PREFETCH * T) + idl % T, 0), L - 1)
+            n_bc = (idl // T) % nstate
+            _prefetch(B_ptr + pid_b * s_Bb + n_bc * s_Bn + t_bc * s_Bl, False)
+            _prefetch(C_ptr + pid_b * s_Cb + n_bc * s_Cn + t_bc * s_Cl, False)
 
         # per (channel, step): the whole chunk at once
         if HAS_BIAS:
@@ -798,11 +804,14 @@ _STRIDE_ARGS = ("s_ub s_ul s_tb s_tl s_zb s_zl s_Bb s_Bl s_Cb s_Cl s_ob s_ol s_g
                 "never").split()
 
 # Chunks ahead of their use at which the forward prefetches u, delta and z to L2 (0: none; see _prefetch_impl), for
-# sequences of at least FWD_PREFETCH_MIN_LENGTH steps. The two-direction pair at Vim-Ti 1248, batch 64: 3.32 ->
-# 2.94 ms with B and C in rows of their own (H100, scan_sweep_v12b-h100-v12; H200 3.29 -> 2.92, v12), and no gain
-# with B and C as x_proj's 88-byte columns (3.55 -> 3.49), which is why the mixer packs them (pack_scan_states).
-# At 197 steps it cost 3% (0.197 -> 0.203 ms). _CONFIG_OVERRIDE["prefetch"] replaces the rule for sweeps.
-FWD_PREFETCH = 8
+# sequences of at least FWD_PREFETCH_MIN_LENGTH steps. Off: alone, the two-direction pair at Vim-Ti 1248, batch 64
+# ran 3.32 -> 2.94 ms with it (H100, scan_sweep_v12b/v12c-h100; H200 3.29 -> 2.92, v12), but inside the model the
+# pair's launches took 3.34 ms with it as without (profile-h100-v12c, with B and C packed too) and Vim-Ti 1248 at
+# batch 8 (split in time) fell from 314 to 193 img/s with both on (bench-h100-v12c-targets against -previous). In
+# the model the forward waits on its B/C loads instead (ncu, 35% of stall samples: ncu_digest_model_pair-h100-v12c);
+# _CONFIG_OVERRIDE["bc_prefetch_fwd"] (chunks ahead) prefetches those too, untimed. _CONFIG_OVERRIDE["prefetch"]
+# replaces this rule; benchmarks/model_variants.py times such settings inside the model.
+FWD_PREFETCH = 0
 FWD_PREFETCH_MIN_LENGTH = 1024
 
 # The backward's register cap (see _launch_bwd)
@@ -989,7 +998,8 @@ def _launch_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, want_las
         HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(softplus), REVERSE=bool(reverse) and second is None,
         HS_EVERY=seg // T, EVEN_D=dim % (DR * W * DL) == 0, EVEN_N=nstate == NR * NL, PAD=length % T != 0,
         T=T, NR=NR, DR=DR, W=W, NL=NL, DL=DL, AHEAD=ahead, VEC=vec, BIDIR=second is not None, TOUCH=touch,
-        A_LOG=bool(a_log), PREFETCH=prefetch, num_warps=W, **regs,
+        A_LOG=bool(a_log), PREFETCH=prefetch, BC_PREFETCH=0 if interp else int(_override("bc_prefetch_fwd") or 0),
+        num_warps=W, **regs,
     )
     first = (u, delta, A, B, C, D if D is not None else A, zz, delta_bias if delta_bias is not None else A, aa)
     if n_seg > 1:  # each segment's end state from a zero start, and its dt sum: no output, no gate

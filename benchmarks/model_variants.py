@@ -1,0 +1,95 @@
+"""A Vim model's inference forward under several kernel settings, interleaved in one process: kernel sweeps time
+the scan alone, and session 11 found their gains need not survive inside the model (docs/performance.md, v12).
+
+    python benchmarks/model_variants.py --out benchmarks/results/model_variants-h100.json
+
+Each variant is a dict of the selective scan's _CONFIG_OVERRIDE entries plus "module:ATTRIBUTE" constants (as
+``_override_run.py`` takes them). Variants run round-robin, ``--rounds`` times each, and each round times
+``--iters`` forwards with CUDA events; the table gives the median round per variant and its ratio to the
+first variant. bf16 autocast, no grad, as ``vimamba bench`` runs inference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import statistics
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "src"))
+
+VARIANTS = {
+    "defaults": {"prefetch": 0, "vimamba.ops:PACK_STATES_MIN_LENGTH": None},
+    "u/delta/z prefetch, B/C packed": {"prefetch": 8, "vimamba.ops:PACK_STATES_MIN_LENGTH": 1024},
+    "+ B/C prefetch": {"prefetch": 8, "bc_prefetch_fwd": 8, "vimamba.ops:PACK_STATES_MIN_LENGTH": 1024},
+    "B/C prefetch, columns": {"prefetch": 0, "bc_prefetch_fwd": 8, "vimamba.ops:PACK_STATES_MIN_LENGTH": None},
+    "all prefetches, columns": {"prefetch": 8, "bc_prefetch_fwd": 8, "vimamba.ops:PACK_STATES_MIN_LENGTH": None},
+}
+
+
+def apply(settings: dict) -> None:
+    import vimamba.ops.selective_scan.triton_scan as triton_scan
+
+    scan = {}
+    for key, value in settings.items():
+        if ":" in key:
+            module, _, attribute = key.partition(":")
+            setattr(importlib.import_module(module), attribute, value)
+        else:
+            scan[key] = value
+    triton_scan._CONFIG_OVERRIDE = scan or None
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="vim_tiny_patch16_224")
+    p.add_argument("--img-size", type=int, default=1248)
+    p.add_argument("--batch", type=int, nargs="+", default=[64, 8])
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--iters", type=int, default=3)
+    p.add_argument("--out", required=True)
+    args = p.parse_args()
+    import timm
+
+    import vimamba  # noqa: F401  (registers the models)
+
+    model = timm.create_model(args.model, img_size=args.img_size).cuda().eval()
+    report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "model": args.model,
+              "img_size": args.img_size, "variants": VARIANTS, "rows": []}
+    for batch in args.batch:
+        x = torch.randn(batch, 3, args.img_size, args.img_size, device="cuda")
+        times = {name: [] for name in VARIANTS}
+        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+            for name, settings in VARIANTS.items():  # compile and warm each variant once
+                apply(settings)
+                model(x)
+            for _ in range(args.rounds):
+                for name, settings in VARIANTS.items():
+                    apply(settings)
+                    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                    start.record()
+                    for _ in range(args.iters):
+                        model(x)
+                    end.record()
+                    end.synchronize()
+                    times[name].append(start.elapsed_time(end) / args.iters)
+        base = statistics.median(times[next(iter(VARIANTS))])
+        print(f"\n{report['device']}: {args.model} {args.img_size}, batch {batch}, ms a forward (median of "
+              f"{args.rounds} rounds of {args.iters})")
+        print("| variant | ms | img/s | vs first |")
+        print("| --- | --- | --- | --- |")
+        for name, ts in times.items():
+            ms = statistics.median(ts)
+            report["rows"].append({"batch": batch, "variant": name, "ms": ms, "ms_rounds": ts})
+            print(f"| {name} | {ms:.2f} | {batch * 1000 / ms:.1f} | {base / ms:.3f}x |")
+        with open(args.out, "w") as f:
+            json.dump(report, f, indent=1)
+    apply({})
+
+
+if __name__ == "__main__":
+    main()
