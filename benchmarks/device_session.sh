@@ -8,12 +8,12 @@
 # holds, so name steps). The device tool brings back at most 8 files: end a call by packing $OUT into one archive
 # (session 8 lost its profile and ncu files to that limit).
 #   tests:   scan_tests, split_tests, conv_tests, proj_tests, model_tests
-#   sweep:   sweep_proj, conv_sweep, sweep_v12c, sweep_v12b, sweep_v12, sweep_v11, sweep_v10, sweep_v8, sweep_split, sweep_v7, sweep_v6b
+#   sweep:   sweep_proj, conv_sweep, sweep_v13, sweep_v12c, sweep_v12b, sweep_v12, sweep_v11, sweep_v10, sweep_v8, sweep_split, sweep_v7, sweep_v6b
 #   bench:   bench_targets, bench_fused, bench_prefetch (after sweep_v11), bench_graphs
 #   profile: kernel_profile, model_variants, host, first_call, ncu_fwd, ncu_bwd, ncu_src
 # The next call (session 11 ran the v12/v12b/v12c sweeps, the conv sweep, the benches, the GPU scan and model
 # tests, and ncu on the model's own scan launch; its last measurement, model_variants, got no device time):
-#   for p in model_variants bench_graphs host; do ...; done
+#   for p in model_variants sweep_v13 bench_graphs host; do ...; done
 # (the forward's L2 prefetch sped the 1248 pair up 12% alone and not inside the model, where 35% of its stall
 # samples wait on B/C loads: model_variants times the B/C prefetch inside the model)
 #
@@ -79,6 +79,9 @@ if want sweep_proj sweep; then
 fi
 if want conv_sweep sweep; then
     step 150 "conv_sweep-$tag.log" python benchmarks/conv_sweep.py --out "$out/conv_sweep-$tag.json"
+fi
+if want sweep_v13 sweep; then
+    step 150 "scan_sweep_v13-$tag.log" python benchmarks/scan_sweep.py --grid v13 --out "$out/scan_sweep_v13-$tag.json"
 fi
 if want sweep_v12c sweep; then
     step 150 "scan_sweep_v12c-$tag.log" python benchmarks/scan_sweep.py --grid v12c --out "$out/scan_sweep_v12c-$tag.json"

@@ -55,9 +55,10 @@ def _override(kind, cfg, batch, dim, nstate, length):
 
 # input layouts a forward variant may ask for: "xdbl": B and C as column views of one (batch, length,
 # dt_rank + 2 * state) buffer, as Vim's x_proj gives them (dt_rank 12: rows of 88 bytes); "bc32": B and C in fp32;
+# "packed": B and C side by side in one (batch, length, 2 * state) buffer (pack_scan_states' layout, 64-byte rows);
 # for sweep_bidir also, as the mixer calls the pair: "inplace": each output written over its own u (copies of
 # the inputs' u), "a_log": A given as A_log (A = -exp(A_log) inside the kernel)
-INPUT_KEYS = ("xdbl", "bc32", "inplace", "a_log")
+INPUT_KEYS = ("xdbl", "bc32", "packed", "inplace", "a_log")
 
 
 def _transform_inputs(ins, cfg):
@@ -68,6 +69,10 @@ def _transform_inputs(ins, cfg):
     if cfg.get("bc32"):
         B = B.float().transpose(1, 2).contiguous().transpose(1, 2)
         C = C.float().transpose(1, 2).contiguous().transpose(1, 2)
+    if cfg.get("packed"):
+        packed = torch.cat([B.transpose(1, 2), C.transpose(1, 2)], dim=2)
+        nstate = B.shape[1]
+        B, C = packed[..., :nstate].transpose(1, 2), packed[..., nstate:].transpose(1, 2)
     if cfg.get("xdbl"):
         batch, nstate, length = B.shape
         buf = torch.empty(batch, length, 12 + 2 * nstate, device=B.device, dtype=B.dtype)
@@ -366,7 +371,7 @@ def main():
     p.add_argument("--no-sweep", action="store_true")
     p.add_argument("--bwd-only", action="store_true")
     p.add_argument("--grid", choices=("layouts", "dr", "v4", "bidir", "v5", "v6", "v6b", "v7", "v8", "v10", "v11", "v12", "v12b",
-                                       "v12c", "split"),
+                                       "v12c", "v13", "split"),
                    default="layouts",
                    help="layouts: states over registers/lanes x chunk x warps (DR = 1); dr: the shipped rule "
                         "against one or two chunks in flight and against two channels per thread")
@@ -513,6 +518,20 @@ def main():
         # the training step's backward (B and C unpacked below 1,024 steps) with B and C in either layout
         report["sweep"] = forward + sweep_bidir_backward(["default", {"xdbl": True}, "default"],
                                                          problems=((128, 384, 197), (128, 768, 197)))
+    elif not args.no_sweep and args.grid == "v13":
+        # for session 12: inside the model the forward's prefetch of u, delta and z did not help even with B and C
+        # packed, and ncu put 35% of the model's pair stalls on the B/C loads (ncu_digest_model_pair-h100-v12c).
+        # Here alone: B and C packed exactly as the mixer packed them, in-place outputs and A_log as the mixer
+        # passes them, and the B/C prefetch with each
+        mixer = {"packed": True, "inplace": True, "a_log": True}
+
+        def variants(length):
+            if length < 1024:
+                return ["default", {"packed": True}, {"bc_prefetch_fwd": 8}, "default"]
+            return ["default", {"prefetch": 8}, {"packed": True, "prefetch": 8}, dict(mixer, prefetch=8),
+                    dict(mixer, prefetch=8, bc_prefetch_fwd=8), dict(mixer, prefetch=8, bc_prefetch_fwd=32),
+                    {"xdbl": True, "inplace": True, "a_log": True, "prefetch": 8, "bc_prefetch_fwd": 8}, "default"]
+        report["sweep"] = sweep_bidir(variants)
     elif not args.no_sweep and args.grid == "split":
         report["sweep"] = sweep_split_in_time()
     elif not args.no_sweep and args.grid == "v7":

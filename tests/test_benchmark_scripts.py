@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = sorted(p.name for p in (ROOT / "benchmarks").glob("*.py") if not p.name.startswith("_"))
@@ -127,3 +128,38 @@ def test_override_runner_sets_the_scan_options():
                           cwd=ROOT, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "override: None" in done.stdout and "usage: proj_sweep.py" in done.stdout
+
+
+def test_override_runner_sets_module_constants():
+    """A "module:ATTRIBUTE" key sets a rule's constant (session 11 timed the old defaults against new ones this
+    way); an attribute the module lacks is an error, not a silent no-op."""
+    settings = '{"prefetch": 8, "vimamba.ops:PACK_STATES_MIN_LENGTH": 1024}'
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "_override_run.py"), settings, "--version"],
+                          capture_output=True, text=True, env=_env(), cwd=ROOT, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "vimamba.ops.PACK_STATES_MIN_LENGTH = 1024 (was None)" in done.stdout
+    assert "selective scan override: {'prefetch': 8}" in done.stdout
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "_override_run.py"),
+                           '{"vimamba.ops:NO_SUCH_RULE": 1}', "--version"], capture_output=True, text=True,
+                          env=_env(), cwd=ROOT, timeout=120)
+    assert done.returncode != 0 and "has no attribute 'NO_SUCH_RULE'" in done.stderr
+
+
+def test_sweep_input_layouts():
+    """The sweeps' input layouts: "packed" (pack_scan_states' rows of 2 x state values) and "xdbl" (x_proj's
+    columns behind 12 dt values) keep every value and give the strides the mixer gives."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import scan_sweep
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    B, C = torch.randn(2, 16, 9), torch.randn(2, 16, 9)
+    ins = {"B": B, "C": C, "u": torch.randn(2, 4, 9)}
+    packed = scan_sweep._transform_inputs(ins, {"packed": True})
+    assert packed["B"].stride() == (9 * 32, 1, 32) and packed["C"].stride() == (9 * 32, 1, 32)
+    assert packed["C"].data_ptr() - packed["B"].data_ptr() == 16 * 4
+    xdbl = scan_sweep._transform_inputs(ins, {"xdbl": True})
+    assert xdbl["B"].stride() == (9 * 44, 1, 44)
+    for got in (packed, xdbl):
+        assert torch.equal(got["B"], B) and torch.equal(got["C"], C) and got["u"] is ins["u"]
+    assert scan_sweep._transform_inputs(ins, {"prefetch": 8}) is ins
