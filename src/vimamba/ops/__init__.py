@@ -128,7 +128,7 @@ def pack_scan_states(B: torch.Tensor, C: torch.Tensor, *, backend: str | None = 
     two-direction forward at Vim-Ti 1248, batch 64 read them from such rows in 3.55 ms (H100,
     ``scan_sweep_v12b-h100-v12``) and from packed rows in 3.32 (2.94 with the forward's L2 prefetch, 3.49 from
     columns). Why it is off: inside the model, packed and prefetched, the pair's launches took as long as before
-    (3.34 ms, ``profile-h100-v12c``) and the split-in-time batch 8 ran slower (``bench-h100-v12c-*``)."""
+    (3.34 ms, ``profile-h100-v12c``; the model's 1248 rows unchanged, ``bench-h100-v12c-*``)."""
     if (PACK_STATES_MIN_LENGTH is None or B.shape[-1] < PACK_STATES_MIN_LENGTH
             or resolve_backend(B, backend) != "triton"):
         return B, C
