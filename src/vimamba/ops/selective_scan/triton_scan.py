@@ -807,8 +807,8 @@ _STRIDE_ARGS = ("s_ub s_ul s_tb s_tl s_zb s_zl s_Bb s_Bl s_Cb s_Cl s_ob s_ol s_g
 # sequences of at least FWD_PREFETCH_MIN_LENGTH steps. Off: alone, the two-direction pair at Vim-Ti 1248, batch 64
 # ran 3.32 -> 2.94 ms with it (H100, scan_sweep_v12b/v12c-h100; H200 3.29 -> 2.92, v12), but inside the model the
 # pair's launches took 3.34 ms with it as without (profile-h100-v12c, with B and C packed too; the model's rows in
-# bench-h100-v12c-targets against -previous: no gain at 1248 batch 64 or Vim-S batch 32). In
-# the model the forward waits on its B/C loads instead (ncu, 35% of stall samples: ncu_digest_model_pair-h100-v12c);
+# bench-h100-v12c-targets against -previous: no gain at 1248 batch 64 or Vim-S batch 32). In the model the forward
+# waits on its B/C loads instead (ncu, 35% of stall samples: ncu_digest_model_pair-h100-v12c);
 # _CONFIG_OVERRIDE["bc_prefetch_fwd"] (chunks ahead) prefetches those too, untimed. _CONFIG_OVERRIDE["prefetch"]
 # replaces this rule; benchmarks/model_variants.py times such settings inside the model.
 FWD_PREFETCH = 0
