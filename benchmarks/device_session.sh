@@ -80,37 +80,14 @@ fi
 if want conv_sweep sweep; then
     step 150 "conv_sweep-$tag.log" python benchmarks/conv_sweep.py --out "$out/conv_sweep-$tag.json"
 fi
-if want sweep_v13 sweep; then
-    step 150 "scan_sweep_v13-$tag.log" python benchmarks/scan_sweep.py --grid v13 --out "$out/scan_sweep_v13-$tag.json"
-fi
-if want sweep_v12c sweep; then
-    step 150 "scan_sweep_v12c-$tag.log" python benchmarks/scan_sweep.py --grid v12c --out "$out/scan_sweep_v12c-$tag.json"
-fi
-if want sweep_v12b sweep; then
-    step 150 "scan_sweep_v12b-$tag.log" python benchmarks/scan_sweep.py --grid v12b --out "$out/scan_sweep_v12b-$tag.json"
-fi
-if want sweep_v12 sweep; then
-    step 200 "scan_sweep_v12-$tag.log" python benchmarks/scan_sweep.py --grid v12 --out "$out/scan_sweep_v12-$tag.json"
-fi
-if want sweep_v11 sweep; then
-    step 150 "scan_sweep_v11-$tag.log" python benchmarks/scan_sweep.py --grid v11 --out "$out/scan_sweep_v11-$tag.json"
-fi
-if want sweep_v10 sweep; then
-    step 150 "scan_sweep_v10-$tag.log" python benchmarks/scan_sweep.py --grid v10 --out "$out/scan_sweep_v10-$tag.json"
-fi
-if want sweep_v8 sweep; then
-    step 150 "scan_sweep_v8-$tag.log" python benchmarks/scan_sweep.py --grid v8 --out "$out/scan_sweep_v8-$tag.json"
-fi
-if want sweep_v7 sweep; then
-    step 120 "scan_sweep_v7-$tag.log" python benchmarks/scan_sweep.py --grid v7 --out "$out/scan_sweep_v7-$tag.json"
-fi
-if want sweep_v6b sweep; then
-    step 150 "scan_sweep_v6b-$tag.log" python benchmarks/scan_sweep.py --grid v6b --out "$out/scan_sweep_v6b-$tag.json"
-fi
-if want sweep_split sweep; then
-    step 150 "scan_sweep_split-$tag.log" python benchmarks/scan_sweep.py --grid split \
-        --out "$out/scan_sweep_split-$tag.json"
-fi
+# the scan sweeps, newest grid first: GRID:SECONDS
+for grid in v13:150 v12c:150 v12b:150 v12:200 v11:150 v10:150 v8:150 v7:120 v6b:150 split:150; do
+    name=${grid%%:*}
+    if want "sweep_$name" sweep; then
+        step "${grid##*:}" "scan_sweep_$name-$tag.log" python benchmarks/scan_sweep.py --grid "$name" \
+            --out "$out/scan_sweep_$name-$tag.json"
+    fi
+done
 if want bench_targets bench; then
     step 300 "bench-$tag-targets.log" "${cli[@]}" bench "${targets[@]}" --output "$out" --tag "$tag-targets"
 fi
