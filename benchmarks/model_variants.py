@@ -24,10 +24,11 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "src"))
 
 VARIANTS = {
     "defaults": {"prefetch": 0, "vimamba.ops:PACK_STATES_MIN_LENGTH": None},
-    "u/delta/z prefetch, B/C packed": {"prefetch": 8, "vimamba.ops:PACK_STATES_MIN_LENGTH": 1024},
+    # B and C copied into planes of their own (pack_scan_states), as the sweeps' inputs have them
+    "B/C planes": {"prefetch": 0, "vimamba.ops:PACK_STATES_MIN_LENGTH": 1024},
+    "B/C planes, u/delta/z prefetch": {"prefetch": 8, "vimamba.ops:PACK_STATES_MIN_LENGTH": 1024},
     "+ B/C prefetch": {"prefetch": 8, "bc_prefetch_fwd": 8, "vimamba.ops:PACK_STATES_MIN_LENGTH": 1024},
-    "B/C prefetch, columns": {"prefetch": 0, "bc_prefetch_fwd": 8, "vimamba.ops:PACK_STATES_MIN_LENGTH": None},
-    "all prefetches, columns": {"prefetch": 8, "bc_prefetch_fwd": 8, "vimamba.ops:PACK_STATES_MIN_LENGTH": None},
+    "all prefetches, B/C columns": {"prefetch": 8, "bc_prefetch_fwd": 8, "vimamba.ops:PACK_STATES_MIN_LENGTH": None},
 }
 
 

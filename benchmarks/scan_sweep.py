@@ -55,7 +55,8 @@ def _override(kind, cfg, batch, dim, nstate, length):
 
 # input layouts a forward variant may ask for: "xdbl": B and C as column views of one (batch, length,
 # dt_rank + 2 * state) buffer, as Vim's x_proj gives them (dt_rank 12: rows of 88 bytes); "bc32": B and C in fp32;
-# "packed": B and C side by side in one (batch, length, 2 * state) buffer (pack_scan_states' layout, 64-byte rows);
+# "packed": B and C side by side in one (batch, length, 2 * state) buffer (64-byte rows: the layout session 11 first
+# gave pack_scan_states, which now copies to planes, each (batch, length, state), as _inputs makes them anyway);
 # for sweep_bidir also, as the mixer calls the pair: "inplace": each output written over its own u (copies of
 # the inputs' u), "a_log": A given as A_log (A = -exp(A_log) inside the kernel)
 INPUT_KEYS = ("xdbl", "bc32", "packed", "inplace", "a_log")
@@ -520,9 +521,9 @@ def main():
                                                          problems=((128, 384, 197), (128, 768, 197)))
     elif not args.no_sweep and args.grid == "v13":
         # for session 12: inside the model the forward's prefetch of u, delta and z did not help even with B and C
-        # packed, and ncu put 35% of the model's pair stalls on the B/C loads (ncu_digest_model_pair-h100-v12c).
-        # Here alone: B and C packed exactly as the mixer packed them, in-place outputs and A_log as the mixer
-        # passes them, and the B/C prefetch with each
+        # packed into 64-byte rows, and ncu put 35% of the model's pair stalls on the B/C loads
+        # (ncu_digest_model_pair-h100-v12c). Here alone: B and C in such rows, in-place outputs and A_log as the
+        # mixer passes them, and the B/C prefetch with each; the default inputs have B and C in planes
         mixer = {"packed": True, "inplace": True, "a_log": True}
 
         def variants(length):

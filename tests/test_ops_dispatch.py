@@ -110,7 +110,7 @@ def test_whole_model_triton_path_matches_reference(fused_proj, packed, monkeypat
     from vimamba.ops import ssm_proj
 
     monkeypatch.setattr(ssm_proj, "FUSED_BY_DEFAULT", fused_proj)
-    # packed: B and C copied into rows of their own (pack_scan_states, off by default)
+    # packed: B and C copied into planes of their own (pack_scan_states, off by default)
     monkeypatch.setattr(vimamba.ops, "PACK_STATES_MIN_LENGTH", 1 if packed else None)
     model = tiny_vim()
     images = torch.randn(2, 3, 32, 32)
@@ -151,10 +151,10 @@ def test_stacked_inference_path_on_both_backends(fused_proj, monkeypatch):
         assert (logits - want).abs().max() / want.abs().max() < 3e-2, key
 
 
-def test_pack_scan_states_copies_rows_for_the_triton_scan_only(monkeypatch):
-    """From PACK_STATES_MIN_LENGTH steps (None by default: never) the Triton path gets B and C as views of one (batch, length, 2 x state)
-    buffer (unit state stride, rows of 2 x state values), same values, gradients passed back to x_proj's output
-    columns; shorter sequences and the reference backend get the views they gave."""
+def test_pack_scan_states_copies_planes_for_the_triton_scan_only(monkeypatch):
+    """From PACK_STATES_MIN_LENGTH steps (None by default: never) the Triton path gets B and C as planes of one
+    (2, batch, length, state) buffer (unit state stride, rows of one step's states), same values, gradients
+    passed back to x_proj's output columns; shorter sequences and the reference backend get the views they gave."""
     import vimamba.ops
     from vimamba.ops import pack_scan_states
 
@@ -163,8 +163,8 @@ def test_pack_scan_states_copies_rows_for_the_triton_scan_only(monkeypatch):
     monkeypatch.setattr(vimamba.ops, "PACK_STATES_MIN_LENGTH", 9)
     assert pack_scan_states(B, C, backend="reference") == (B, C)
     PB, PC = pack_scan_states(B, C, backend="triton")
-    assert PB.stride() == (9 * 8, 1, 8) and PC.stride() == (9 * 8, 1, 8)
-    assert PC.data_ptr() == PB.data_ptr() + 4 * PB.element_size()
+    assert PB.stride() == (9 * 4, 1, 4) and PC.stride() == (9 * 4, 1, 4)
+    assert PC.data_ptr() == PB.data_ptr() + 2 * 9 * 4 * PB.element_size()
     assert torch.equal(PB, B) and torch.equal(PC, C)
     (PB.sum() + 2 * PC.sum()).backward()
     want = torch.cat([torch.zeros(2, 9, 3), torch.ones(2, 9, 4), 2 * torch.ones(2, 9, 4)], dim=2)

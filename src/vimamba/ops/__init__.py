@@ -113,7 +113,7 @@ def bidirectional_selective_scan_fn(
     return selective_scan_bidir_ref(fwd, bwd, z, delta_softplus, out=out, a_log=a_log)
 
 
-# Sequences at least this long get their B and C packed by ``pack_scan_states``; None: never (the default, see there).
+# Sequences at least this long get their B and C copied by ``pack_scan_states``; None: never (the default, see there).
 PACK_STATES_MIN_LENGTH: int | None = None
 
 
@@ -121,20 +121,21 @@ def pack_scan_states(B: torch.Tensor, C: torch.Tensor, *, backend: str | None = 
                      ) -> tuple[torch.Tensor, torch.Tensor]:
     """B and C (batch, d_state, length) for the scan: for the Triton scan of sequences of at least
     ``PACK_STATES_MIN_LENGTH`` steps (None, the default: none), copied (one launch, differentiable) into one
-    (batch, length, 2 * d_state) buffer and returned as views of it; otherwise as they are.
+    (2, batch, length, d_state) buffer, B's plane then C's, and returned as views of it; otherwise as they are.
 
     Why it exists: Vim's B and C are columns of x_proj's output, rows of dt_rank + 2 * d_state values (88 bytes
-    at Vim-Ti), so a step's 16 B values straddle two 32-byte sectors three rows in four. Alone, the
-    two-direction forward at Vim-Ti 1248, batch 64 read them from such rows in 3.55 ms (H100,
-    ``scan_sweep_v12b-h100-v12``) and from packed rows in 3.32 (2.94 with the forward's L2 prefetch, 3.49 from
-    columns). Why it is off: inside the model, packed and prefetched, the pair's launches took as long as before
-    (3.34 ms, ``profile-h100-v12c``; the model's 1248 rows unchanged, ``bench-h100-v12c-*``)."""
+    at Vim-Ti). Alone, the two-direction forward at Vim-Ti 1248, batch 64 read them from such rows in 3.55 ms
+    (H100, ``scan_sweep_v12b-h100-v12``) and from planes of their own (32-byte rows, consecutive steps adjacent)
+    in 3.32, 2.94 with the forward's L2 prefetch of u, delta and z (3.49 from columns). Session 11 first packed B
+    and C side by side into 64-byte rows, and inside the model that gained nothing (the pair's launches 3.34 ms,
+    ``profile-h100-v12c``), with 35% of the kernel's stall samples on B/C loads: one step's B and C share a row
+    there, where in planes each memory fetch also brings the next steps' rows. Planes, as the sweeps had them, are
+    what this copies to now; timed inside the model by ``benchmarks/model_variants.py``, not yet on a GPU, so off."""
     if (PACK_STATES_MIN_LENGTH is None or B.shape[-1] < PACK_STATES_MIN_LENGTH
             or resolve_backend(B, backend) != "triton"):
         return B, C
-    n = B.shape[1]
-    packed = torch.cat([B.transpose(1, 2), C.transpose(1, 2)], dim=2)
-    return packed[..., :n].transpose(1, 2), packed[..., n:].transpose(1, 2)
+    planes = torch.stack([B.transpose(1, 2), C.transpose(1, 2)])
+    return planes[0].transpose(1, 2), planes[1].transpose(1, 2)
 
 
 def causal_conv1d_fn(
