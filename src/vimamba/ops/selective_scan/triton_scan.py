@@ -287,10 +287,11 @@ def _scan_fwd_kernel(
     t_f = t_row + (c * T) * s_tl + it_t * s_tl
     z_f = z_row + (c * T) * s_zl + it_t * s_zl
     a_f = add_ptr + pid_b * s_ab + d_x * s_ad + (c * T) * s_al + it_t * s_al
+    # one (step of a chunk, state) per lane, for the touch and the B/C prefetch (a row's states over the lanes)
+    lane_t = idl % T
+    lane_n = (idl // T) % nstate
     if TOUCH:  # B and C rows touched AHEAD chunks early (one element per lane, summed into a value never
         # stored) are in the caches when the per-step loads below ask for them
-        lane_t = idl % T
-        lane_n = (idl // T) % nstate
         touch = tl.full([1, 1, 1, 1, 1, DL], 0.0, tl.float32)
         tB_f = B_ptr + pid_b * s_Bb + lane_n * s_Bn + (c * T) * s_Bl + lane_t * s_Bl
         tC_f = C_ptr + pid_b * s_Cb + lane_n * s_Cn + (c * T) * s_Cl + lane_t * s_Cl
@@ -405,10 +406,9 @@ def _scan_fwd_kernel(
                 _prefetch(z_row + t_pf * s_zl, False)
         if BC_PREFETCH > 0:  # B's and C's rows BC_PREFETCH chunks ahead to L2, a lane per (state, step) (off, see
             # FWD_PREFETCH)
-            t_bc = tl.minimum(tl.maximum(t0 + sgn * (BC_PREFETCH * T) + idl % T, 0), L - 1)
-            n_bc = (idl // T) % nstate
-            _prefetch(B_ptr + pid_b * s_Bb + n_bc * s_Bn + t_bc * s_Bl, False)
-            _prefetch(C_ptr + pid_b * s_Cb + n_bc * s_Cn + t_bc * s_Cl, False)
+            t_bc = tl.minimum(tl.maximum(t0 + sgn * (BC_PREFETCH * T) + lane_t, 0), L - 1)
+            _prefetch(B_ptr + pid_b * s_Bb + lane_n * s_Bn + t_bc * s_Bl, False)
+            _prefetch(C_ptr + pid_b * s_Cb + lane_n * s_Cn + t_bc * s_Cl, False)
 
         # per (channel, step): the whole chunk at once
         if HAS_BIAS:
