@@ -6,7 +6,8 @@ new one in the same call.
     python benchmarks/_override_run.py '{"touch": false}' benchmarks/scan_sweep.py --no-sweep --profile ...
     python benchmarks/_override_run.py '{"prefetch": 8, "vimamba.ops:PACK_STATES_MIN_LENGTH": 1024}' bench ...
 
-A key of the form "module:ATTRIBUTE" sets that module attribute instead (a rule's constant).
+A key of the form "module:ATTRIBUTE" sets that module attribute instead (a rule's constant). ``apply_settings``
+does the same in a running process (benchmarks/model_variants.py).
 """
 
 import importlib
@@ -16,18 +17,29 @@ import sys
 
 import vimamba.ops.selective_scan.triton_scan as triton_scan
 
-if __name__ == "__main__":
-    settings = json.loads(sys.argv[1]) or {}
-    for key in [k for k in settings if ":" in k]:
+
+def apply_settings(settings: dict, announce: bool = False) -> None:
+    """Sets the "module:ATTRIBUTE" keys of ``settings`` as module attributes (an attribute the module lacks is an
+    error; a number takes the old value's type, so JSON's 1e9 stays an int) and the other keys as the scan's
+    _CONFIG_OVERRIDE (None when there are none)."""
+    scan = dict(settings)
+    for key in [k for k in scan if ":" in k]:
         module, _, attribute = key.partition(":")
         target = importlib.import_module(module)
         if not hasattr(target, attribute):
             raise SystemExit(f"{module} has no attribute {attribute!r}")
         old = getattr(target, attribute)
-        value = settings.pop(key)
-        setattr(target, attribute, type(old)(value) if isinstance(old, (int, float, bool)) else value)
-        print(f"{module}.{attribute} = {getattr(target, attribute)!r} (was {old!r})", flush=True)
-    triton_scan._CONFIG_OVERRIDE = settings or None
+        value = scan.pop(key)
+        if value is not None and isinstance(old, (int, float, bool)):
+            value = type(old)(value)
+        setattr(target, attribute, value)
+        if announce:
+            print(f"{module}.{attribute} = {value!r} (was {old!r})", flush=True)
+    triton_scan._CONFIG_OVERRIDE = scan or None
+
+
+if __name__ == "__main__":
+    apply_settings(json.loads(sys.argv[1]) or {}, announce=True)
     print(f"selective scan override: {triton_scan._CONFIG_OVERRIDE}", flush=True)
     if len(sys.argv) > 2 and sys.argv[2].endswith(".py"):
         sys.argv = sys.argv[2:]

@@ -12,7 +12,6 @@ first variant. bf16 autocast, no grad, as ``vimamba bench`` runs inference.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import statistics
@@ -21,6 +20,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "src"))
+from _override_run import apply_settings  # noqa: E402  (benchmarks/ is this script's directory)
 
 VARIANTS = {
     "defaults": {"prefetch": 0, "vimamba.ops:PACK_STATES_MIN_LENGTH": None},
@@ -30,19 +30,6 @@ VARIANTS = {
     "+ B/C prefetch": {"prefetch": 8, "bc_prefetch_fwd": 8, "vimamba.ops:PACK_STATES_MIN_LENGTH": 1024},
     "all prefetches, B/C columns": {"prefetch": 8, "bc_prefetch_fwd": 8, "vimamba.ops:PACK_STATES_MIN_LENGTH": None},
 }
-
-
-def apply(settings: dict) -> None:
-    import vimamba.ops.selective_scan.triton_scan as triton_scan
-
-    scan = {}
-    for key, value in settings.items():
-        if ":" in key:
-            module, _, attribute = key.partition(":")
-            setattr(importlib.import_module(module), attribute, value)
-        else:
-            scan[key] = value
-    triton_scan._CONFIG_OVERRIDE = scan or None
 
 
 def main():
@@ -66,11 +53,11 @@ def main():
         times = {name: [] for name in VARIANTS}
         with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
             for name, settings in VARIANTS.items():  # compile and warm each variant once
-                apply(settings)
+                apply_settings(settings)
                 model(x)
             for _ in range(args.rounds):
                 for name, settings in VARIANTS.items():
-                    apply(settings)
+                    apply_settings(settings)
                     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
                     start.record()
                     for _ in range(args.iters):
@@ -89,7 +76,7 @@ def main():
             print(f"| {name} | {ms:.2f} | {batch * 1000 / ms:.1f} | {base / ms:.3f}x |")
         with open(args.out, "w") as f:
             json.dump(report, f, indent=1)
-    apply({})
+    apply_settings({})
 
 
 if __name__ == "__main__":
