@@ -62,6 +62,17 @@ def _override(kind, cfg, batch, dim, nstate, length):
 INPUT_KEYS = ("xdbl", "bc32", "packed", "inplace", "a_log")
 
 
+def _xdbl_views(B, C, requires_grad=False):
+    """B and C (batch, state, length) copied into the columns of an x_proj-like (batch, length, 12 + 2 * state)
+    buffer behind 12 dt values, returned as views of it; ``requires_grad``: the buffer is a leaf that does."""
+    batch, nstate, length = B.shape
+    buf = torch.empty(batch, length, 12 + 2 * nstate, device=B.device, dtype=B.dtype)
+    buf[..., 12:12 + nstate] = B.detach().transpose(1, 2)
+    buf[..., 12 + nstate:] = C.detach().transpose(1, 2)
+    buf.requires_grad_(requires_grad)
+    return buf[..., 12:12 + nstate].transpose(1, 2), buf[..., 12 + nstate:].transpose(1, 2)
+
+
 def _transform_inputs(ins, cfg):
     if not isinstance(cfg, dict) or not any(k in cfg for k in INPUT_KEYS):
         return ins
@@ -75,11 +86,7 @@ def _transform_inputs(ins, cfg):
         nstate = B.shape[1]
         B, C = packed[..., :nstate].transpose(1, 2), packed[..., nstate:].transpose(1, 2)
     if cfg.get("xdbl"):
-        batch, nstate, length = B.shape
-        buf = torch.empty(batch, length, 12 + 2 * nstate, device=B.device, dtype=B.dtype)
-        buf[..., 12:12 + nstate] = B.transpose(1, 2)
-        buf[..., 12 + nstate:] = C.transpose(1, 2)
-        B, C = buf[..., 12:12 + nstate].transpose(1, 2), buf[..., 12 + nstate:].transpose(1, 2)
+        B, C = _xdbl_views(B, C)
     out["B"], out["C"] = B, C
     return out
 
@@ -274,13 +281,8 @@ def sweep_bidir_backward(variants, problems=((128, 384, 197), (128, 768, 197), (
             label = cfg
             la, lb = plain_la, plain_lb
             if isinstance(cfg, dict) and cfg.get("xdbl"):  # B and C as columns of x_proj's output (88-byte rows)
-                def columns(leaves):
-                    B, C = leaves[3], leaves[4]
-                    buf = torch.empty(batch, length, 12 + 32, device="cuda", dtype=B.dtype)
-                    buf[..., 12:28], buf[..., 28:] = B.detach().transpose(1, 2), C.detach().transpose(1, 2)
-                    buf.requires_grad_(True)
-                    return leaves[:3] + [buf[..., 12:28].transpose(1, 2), buf[..., 28:].transpose(1, 2)] + leaves[5:]
-                la, lb = columns(plain_la), columns(plain_lb)
+                la, lb = ([*leaves[:3], *_xdbl_views(leaves[3], leaves[4], requires_grad=True), *leaves[5:]]
+                          for leaves in (plain_la, plain_lb))
                 cfg = {k: v for k, v in cfg.items() if k != "xdbl"} or "default"
             leaves = la + lb + [z]
 

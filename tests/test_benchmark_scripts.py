@@ -163,3 +163,9 @@ def test_sweep_input_layouts():
     for got in (packed, xdbl):
         assert torch.equal(got["B"], B) and torch.equal(got["C"], C) and got["u"] is ins["u"]
     assert scan_sweep._transform_inputs(ins, {"prefetch": 8}) is ins
+    # the backward sweep's columns: views of a leaf buffer that gets the gradients
+    gB, gC = scan_sweep._xdbl_views(B, C, requires_grad=True)
+    (gB.sum() + 2 * gC.sum()).backward()
+    grad = gB._base.grad
+    assert torch.equal(grad[..., :12], torch.zeros(2, 9, 12)) and torch.equal(grad[..., 12:28], torch.ones(2, 9, 16))
+    assert torch.equal(grad[..., 28:], 2 * torch.ones(2, 9, 16))
