@@ -52,8 +52,7 @@ def test_whole_model_fast_path_matches_reference(name, img_size, batch, fused_pr
     assert _relative_error(fast_logits, ref_logits) < 1e-4
     worst = max(((_relative_error(fast_grads[n], ref_grads[n]), n) for n in ref_grads))
     assert worst[0] < 2e-3, f"largest relative gradient error {worst[0]:.2e} in {worst[1]}"
-    # inference takes other routes (scans written over their inputs; at 1248 B and C packed, u, delta and z
-    # prefetched)
+    # inference takes other routes (both convs in one pass, scans written over their inputs)
     with torch.no_grad():
         monkeypatch.setenv("VIMAMBA_BACKEND", "triton")
         fast = model(images[:1])

@@ -48,8 +48,8 @@ def test_compile_checks_pass_in_a_compiling_process():
 DEVICE_TRITON = Path(os.environ.get("VIMAMBA_DEVICE_TRITON", ROOT / ".ci" / "triton-device"))
 
 
-# (kind, flags, most instructions in the step loop: the forward's, or the backward's phase B)
-# (the shipped forward, and with its L2 prefetch options: of u, delta and z; and of B and C too)
+# (kind, flags, most instructions in the step loop: the forward's, or the backward's phase B): the shipped kernels,
+# and each with its prefetch options (the forward's of u, delta and z, and of B and C too)
 @pytest.mark.parametrize("kind,flags,max_step", [("bwd", [], 470), ("fwd", [], 215), ("bwd", ["BC_PREFETCH=True"], 470),
                                                  ("fwd", ["PREFETCH=8"], 230), ("fwd", ["PREFETCH=8", "BC_PREFETCH=8"], 240)],
                          ids=["bwd", "fwd", "bwd-bc-prefetch", "fwd-prefetch", "fwd-bc-prefetch"])
