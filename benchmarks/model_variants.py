@@ -12,6 +12,7 @@ first variant. bf16 autocast, no grad, as ``vimamba bench`` runs inference.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import statistics
@@ -23,12 +24,12 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "src"))
 from _override_run import apply_settings  # noqa: E402  (benchmarks/ is this script's directory)
 
 VARIANTS = {
-    "defaults": {"prefetch": 0, "vimamba.ops:PACK_STATES_MIN_LENGTH": None},
-    # B and C copied into planes of their own (pack_scan_states), as the sweeps' inputs have them
-    "B/C planes": {"prefetch": 0, "vimamba.ops:PACK_STATES_MIN_LENGTH": 1024},
-    "B/C planes, u/delta/z prefetch": {"prefetch": 8, "vimamba.ops:PACK_STATES_MIN_LENGTH": 1024},
-    "+ B/C prefetch": {"prefetch": 8, "bc_prefetch_fwd": 8, "vimamba.ops:PACK_STATES_MIN_LENGTH": 1024},
-    "all prefetches, B/C columns": {"prefetch": 8, "bc_prefetch_fwd": 8, "vimamba.ops:PACK_STATES_MIN_LENGTH": None},
+    "defaults": {},
+    "B/C fp32 (x_proj's accumulator)": {"vimamba.ops:SCAN_STATES_FP32_MIN_LENGTH": 1024},
+    "B/C fp32, no touch": {"vimamba.ops:SCAN_STATES_FP32_MIN_LENGTH": 1024, "touch": False},
+    "no touch": {"touch": False},
+    "fused projections": {"vimamba.ops.ssm_proj:FUSED_BY_DEFAULT": True},
+    "no prefetch (session 11's defaults)": {"prefetch": 0, "bc_prefetch_fwd": 0},
 }
 
 
@@ -45,6 +46,11 @@ def main():
 
     import vimamba  # noqa: F401  (registers the models)
 
+    # a variant that leaves a module constant out gets its value as imported (apply_settings keeps what it set)
+    constants = {key for settings in VARIANTS.values() for key in settings if ":" in key}
+    as_imported = {key: getattr(importlib.import_module(key.partition(":")[0]), key.partition(":")[2])
+                   for key in constants}
+    variants = {name: {**as_imported, **settings} for name, settings in VARIANTS.items()}
     model = timm.create_model(args.model, img_size=args.img_size).cuda().eval()
     report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "model": args.model,
               "img_size": args.img_size, "variants": VARIANTS, "rows": []}
@@ -52,11 +58,11 @@ def main():
         x = torch.randn(batch, 3, args.img_size, args.img_size, device="cuda")
         times = {name: [] for name in VARIANTS}
         with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
-            for name, settings in VARIANTS.items():  # compile and warm each variant once
+            for name, settings in variants.items():  # compile and warm each variant once
                 apply_settings(settings)
                 model(x)
             for _ in range(args.rounds):
-                for name, settings in VARIANTS.items():
+                for name, settings in variants.items():
                     apply_settings(settings)
                     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
                     start.record()
@@ -76,7 +82,10 @@ def main():
             print(f"| {name} | {ms:.2f} | {batch * 1000 / ms:.1f} | {base / ms:.3f}x |")
         with open(args.out, "w") as f:
             json.dump(report, f, indent=1)
-    apply_settings({})
+    apply_settings(as_imported)
+    from vimamba.ops.ssm_proj import reference
+
+    print(f"torch.mm with out_dtype (fp32 B/C without a cast): {'available' if reference._MM_OUT_DTYPE else 'missing'}")
 
 
 if __name__ == "__main__":

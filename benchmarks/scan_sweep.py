@@ -55,8 +55,8 @@ def _override(kind, cfg, batch, dim, nstate, length):
 
 # input layouts a forward variant may ask for: "xdbl": B and C as column views of one (batch, length,
 # dt_rank + 2 * state) buffer, as Vim's x_proj gives them (dt_rank 12: rows of 88 bytes); "bc32": B and C in fp32;
-# "packed": B and C side by side in one (batch, length, 2 * state) buffer (64-byte rows: the layout session 11 first
-# gave pack_scan_states, which now copies to planes, each (batch, length, state), as _inputs makes them anyway);
+# "packed": B and C side by side in one (batch, length, 2 * state) buffer (64-byte rows: what session 11 tried in
+# the model and dropped; planes of their own, each (batch, length, state), are what _inputs makes anyway);
 # for sweep_bidir also, as the mixer calls the pair: "inplace": each output written over its own u (copies of
 # the inputs' u), "a_log": A given as A_log (A = -exp(A_log) inside the kernel)
 INPUT_KEYS = ("xdbl", "bc32", "packed", "inplace", "a_log")

@@ -133,11 +133,11 @@ def test_override_runner_sets_the_scan_options():
 def test_override_runner_sets_module_constants():
     """A "module:ATTRIBUTE" key sets a rule's constant (session 11 timed the old defaults against new ones this
     way); an attribute the module lacks is an error, not a silent no-op."""
-    settings = '{"prefetch": 8, "vimamba.ops:PACK_STATES_MIN_LENGTH": 1024}'
+    settings = '{"prefetch": 8, "vimamba.ops:SCAN_STATES_FP32_MIN_LENGTH": null}'
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "_override_run.py"), settings, "--version"],
                           capture_output=True, text=True, env=_env(), cwd=ROOT, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "vimamba.ops.PACK_STATES_MIN_LENGTH = 1024 (was None)" in done.stdout
+    assert "vimamba.ops.SCAN_STATES_FP32_MIN_LENGTH = None (was 1024)" in done.stdout
     assert "selective scan override: {'prefetch': 8}" in done.stdout
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "_override_run.py"),
                            '{"vimamba.ops:NO_SUCH_RULE": 1}', "--version"], capture_output=True, text=True,
@@ -146,7 +146,7 @@ def test_override_runner_sets_module_constants():
 
 
 def test_sweep_input_layouts():
-    """The sweeps' input layouts: "packed" (pack_scan_states' rows of 2 x state values) and "xdbl" (x_proj's
+    """The sweeps' input layouts: "packed" (B and C side by side, rows of 2 x state values) and "xdbl" (x_proj's
     columns behind 12 dt values) keep every value and give the strides the mixer gives."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:

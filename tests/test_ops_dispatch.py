@@ -147,57 +147,73 @@ def test_stacked_inference_path_on_both_backends(fused_proj, monkeypatch):
         assert (logits - want).abs().max() / want.abs().max() < 3e-2, key
 
 
-def test_mixer_with_packed_states_matches_reference(monkeypatch):
-    """With B and C copied into planes (pack_scan_states, off by default) the mixer on the Triton path gives the
-    reference's output and gradients, with autograd and on the no-grad per-branch path (outputs written over u)."""
+def test_mixer_with_fp32_states_matches_16_bit_states(monkeypatch):
+    """With B and C handed to the Triton scan in fp32 (SCAN_STATES_FP32_MIN_LENGTH) under bf16 autocast, the scan
+    reads 16-bit u and delta beside fp32 states. On the CPU they come from a cast of the bf16 product (the fp32
+    accumulator route needs CUDA), exact, and the kernel computes in fp32 either way: outputs and gradients equal
+    those with 16-bit states, bit for bit, with autograd and on the no-grad path."""
+    import vimamba.layers.mamba_mixer as mixer_module
     import vimamba.ops
     from vimamba.layers import BiMambaMixer
 
-    monkeypatch.setattr(vimamba.ops, "PACK_STATES_MIN_LENGTH", 1)
-    monkeypatch.setattr("vimamba.layers.mamba_mixer.ONE_IN_PROJ_MAX_ELEMENTS", 0)
+    seen = []
+    scan = mixer_module.bidirectional_selective_scan_fn
+
+    def spy(fwd, bwd, *args, **kwargs):
+        seen.append((fwd.B.dtype, bwd.C.dtype, fwd.delta.dtype))
+        return scan(fwd, bwd, *args, **kwargs)
+
+    monkeypatch.setattr(mixer_module, "bidirectional_selective_scan_fn", spy)
+    monkeypatch.setattr(mixer_module, "ONE_IN_PROJ_MAX_ELEMENTS", 0)
+    monkeypatch.setenv("VIMAMBA_BACKEND", "triton")
     torch.manual_seed(0)
     mixer = BiMambaMixer(16, d_state=4)
     hidden = torch.randn(2, 9, 16)
     results = {}
-    for backend in ("triton", "reference"):
-        monkeypatch.setenv("VIMAMBA_BACKEND", backend)
+    for rule in (9, None):
+        monkeypatch.setattr(vimamba.ops, "SCAN_STATES_FP32_MIN_LENGTH", rule)
         mixer.zero_grad(set_to_none=True)
         x = hidden.clone().requires_grad_(True)
-        out = mixer(x)
-        out.square().sum().backward()
-        with torch.no_grad():
-            plain = mixer(hidden)
-        results[backend] = (out.detach(), x.grad, {n: p.grad for n, p in mixer.named_parameters()}, plain)
-    (out, dx, grads, plain), (r_out, r_dx, r_grads, r_plain) = results["triton"], results["reference"]
-    torch.testing.assert_close(out, r_out, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(plain, r_plain, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(dx, r_dx, rtol=1e-4, atol=1e-5)
-    for name, grad in r_grads.items():
-        torch.testing.assert_close(grads[name], grad, rtol=1e-4, atol=1e-5, msg=lambda m: f"{name}: {m}")
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = mixer(x)
+            with torch.no_grad():
+                plain = mixer(hidden)
+        out.float().square().sum().backward()
+        results[rule] = (out, plain, x.grad, *(p.grad for p in mixer.parameters()))
+    fp32, bf16 = torch.float32, torch.bfloat16
+    assert seen == [(fp32, fp32, bf16)] * 2 + [(bf16, bf16, bf16)] * 2
+    for got, want in zip(results[9], results[None]):
+        assert torch.equal(got, want)
 
 
-def test_pack_scan_states_copies_planes_for_the_triton_scan_only(monkeypatch):
-    """From PACK_STATES_MIN_LENGTH steps (None by default: never) the Triton path gets B and C as planes of one
-    (2, batch, length, state) buffer (unit state stride, rows of one step's states), same values, gradients
-    passed back to x_proj's output columns; shorter sequences and the reference backend get the views they gave."""
+def test_projections_give_fp32_states_where_the_rule_says(monkeypatch):
+    """``ssm_projections_fn`` hands B and C over in fp32 to the Triton scan of sequences of at least
+    SCAN_STATES_FP32_MIN_LENGTH steps (values as x_proj's, gradients back to x_proj); delta keeps the product's
+    dtype; shorter sequences, the reference backend and None get the product's dtype throughout."""
     import vimamba.ops
-    from vimamba.ops import pack_scan_states
+    from vimamba.ops import ssm_projections_fn
 
-    x_dbl = torch.randn(2, 9, 3 + 2 * 4, requires_grad=True)  # (batch, length, dt_rank + 2 x state) as x_proj's
-    B, C = x_dbl[..., 3:7].transpose(1, 2), x_dbl[..., 7:].transpose(1, 2)
-    monkeypatch.setattr(vimamba.ops, "PACK_STATES_MIN_LENGTH", 9)
-    assert pack_scan_states(B, C, backend="reference") == (B, C)
-    PB, PC = pack_scan_states(B, C, backend="triton")
-    assert PB.stride() == (9 * 4, 1, 4) and PC.stride() == (9 * 4, 1, 4)
-    assert PC.data_ptr() == PB.data_ptr() + 2 * 9 * 4 * PB.element_size()
-    assert torch.equal(PB, B) and torch.equal(PC, C)
-    (PB.sum() + 2 * PC.sum()).backward()
-    want = torch.cat([torch.zeros(2, 9, 3), torch.ones(2, 9, 4), 2 * torch.ones(2, 9, 4)], dim=2)
-    assert torch.equal(x_dbl.grad, want)
-    monkeypatch.setattr(vimamba.ops, "PACK_STATES_MIN_LENGTH", 10)
-    assert pack_scan_states(B, C, backend="triton") == (B, C)
-    monkeypatch.setattr(vimamba.ops, "PACK_STATES_MIN_LENGTH", None)
-    assert pack_scan_states(B, C, backend="triton") == (B, C)
+    torch.manual_seed(0)
+    u = torch.randn(2, 16, 9)
+    wx = torch.randn(3 + 2 * 4, 16, requires_grad=True)
+    wdt = torch.randn(16, 3)
+
+    def dtypes(backend):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            delta, B, C = ssm_projections_fn(u, wx, wdt, backend=backend)
+        return delta.dtype, B.dtype, C.dtype, (delta, B, C)
+
+    monkeypatch.setattr(vimamba.ops, "SCAN_STATES_FP32_MIN_LENGTH", 9)
+    *kinds, (delta, B, C) = dtypes("triton")
+    assert kinds == [torch.bfloat16, torch.float32, torch.float32]
+    *_, (_, B16, C16) = dtypes("reference")
+    assert B16.dtype == torch.bfloat16 and torch.equal(B, B16.float()) and torch.equal(C, C16.float())
+    (B.sum() + 2 * C.sum()).backward()
+    want = torch.cat([torch.zeros(3, 16), torch.ones(4, 16) * u.sum((0, 2)), 2 * torch.ones(4, 16) * u.sum((0, 2))])
+    torch.testing.assert_close(wx.grad, want, rtol=2e-2, atol=2e-2)
+    for rule in (10, None):
+        monkeypatch.setattr(vimamba.ops, "SCAN_STATES_FP32_MIN_LENGTH", rule)
+        assert dtypes("triton")[:3] == (torch.bfloat16,) * 3
 
 
 def test_torch_compile_keeps_one_graph(monkeypatch):

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..ops import (ScanInputs, bidirectional_selective_scan_fn, causal_conv1d_pair_fn, pack_scan_states,
+from ..ops import (ScanInputs, bidirectional_selective_scan_fn, causal_conv1d_pair_fn,
                    ssm_projections_fn, ssm_projections_fused)
 
 __all__ = ["BiMambaMixer", "MixerCasts", "ProductWeightCasts"]
@@ -145,11 +145,8 @@ class BiMambaMixer(nn.Module):
 
     def _scan_inputs(self, u_f, u_b, proj_f, proj_b) -> tuple[ScanInputs, ScanInputs]:
         """Both branches' scan inputs. A_log as it is stored: the scan computes A = -exp(A_log) itself (a_log=True
-        in the callers), and takes A_log, D and the bias in fp32 whatever their dtype. B and C through
-        ``pack_scan_states`` (as they are, by default)."""
+        in the callers), and takes A_log, D and the bias in fp32 whatever their dtype."""
         (delta_f, B_f, C_f), (delta_b, B_b, C_b) = proj_f, proj_b
-        B_f, C_f = pack_scan_states(B_f, C_f)
-        B_b, C_b = pack_scan_states(B_b, C_b)
         return (ScanInputs(u_f, delta_f, self.A_log, B_f, C_f, self.D, self.dt_proj.bias),
                 ScanInputs(u_b, delta_b, self.A_b_log, B_b, C_b, self.D_b, self.dt_proj_b.bias))
 

@@ -26,7 +26,6 @@ __all__ = [
     "causal_conv1d_fn",
     "causal_conv1d_pair_fn",
     "causal_conv1d_ref",
-    "pack_scan_states",
     "resolve_backend",
     "rms_norm_ref",
     "bidirectional_selective_scan_fn",
@@ -113,31 +112,6 @@ def bidirectional_selective_scan_fn(
     return selective_scan_bidir_ref(fwd, bwd, z, delta_softplus, out=out, a_log=a_log)
 
 
-# Sequences at least this long get their B and C copied by ``pack_scan_states``; None: never (the default, see there).
-PACK_STATES_MIN_LENGTH: int | None = None
-
-
-def pack_scan_states(B: torch.Tensor, C: torch.Tensor, *, backend: str | None = None
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
-    """B and C (batch, d_state, length) for the scan: for the Triton scan of sequences of at least
-    ``PACK_STATES_MIN_LENGTH`` steps (None, the default: none), copied (one launch, differentiable) into one
-    (2, batch, length, d_state) buffer, B's plane then C's, and returned as views of it; otherwise as they are.
-
-    Why it exists: Vim's B and C are columns of x_proj's output, rows of dt_rank + 2 * d_state values (88 bytes
-    at Vim-Ti). Alone, the two-direction forward at Vim-Ti 1248, batch 64 read them from such rows in 3.55 ms
-    (H100, ``scan_sweep_v12b-h100-v12``) and from planes of their own (32-byte rows, consecutive steps adjacent)
-    in 3.32, 2.94 with the forward's L2 prefetch of u, delta and z (3.49 from columns). Session 11 first packed B
-    and C side by side into 64-byte rows, and inside the model that gained nothing (the pair's launches 3.34 ms,
-    ``profile-h100-v12c``), with 35% of the kernel's stall samples on B/C loads: one step's B and C share a row
-    there, where in planes each memory fetch also brings the next steps' rows. Planes, as the sweeps had them, are
-    what this copies to now; timed inside the model by ``benchmarks/model_variants.py``, not yet on a GPU, so off."""
-    if (PACK_STATES_MIN_LENGTH is None or B.shape[-1] < PACK_STATES_MIN_LENGTH
-            or resolve_backend(B, backend) != "triton"):
-        return B, C
-    planes = torch.stack([B.transpose(1, 2), C.transpose(1, 2)])
-    return planes[0].transpose(1, 2), planes[1].transpose(1, 2)
-
-
 def causal_conv1d_fn(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -200,6 +174,22 @@ def add_rms_norm(
     return add_rms_norm_ref(x, residual, weight, eps, residual_in_fp32)
 
 
+# Sequences at least this long get B and C in fp32 from ``ssm_projections_fn`` for the Triton scan (None: never).
+# Timed inside the model (benchmarks/model_variants.py, model_variants-h100-v13b, H100): Vim-Ti 1248 forward,
+# batch 64, 1.063x (1.085x with the touch that the B/C prefetch made redundant dropped too); Vim-S 1248 batch 32
+# 1.077x / 1.093x; batch 8 (split in time) unchanged.
+SCAN_STATES_FP32_MIN_LENGTH: int | None = 1024
+
+
+def _scan_states_fp32(u: torch.Tensor, backend: str | None) -> bool:
+    """Whether the projections hand B and C to the scan in fp32. The forward scan then reads them without the
+    16-bit-to-fp32 conversions, 32 of its ~213 instructions a step (sm_90, Triton 3.6, the 1248 pair's tile:
+    ``benchmarks/scan_sass.py fwd --bc-dtype fp32``), and without autograd they cost nothing more to make: the
+    x_proj product writes its fp32 accumulator (``ssm_proj.reference.x_proj_fp32``)."""
+    return (SCAN_STATES_FP32_MIN_LENGTH is not None and u.shape[-1] >= SCAN_STATES_FP32_MIN_LENGTH
+            and resolve_backend(u, backend) == "triton")
+
+
 def ssm_projections_fused(u: torch.Tensor, x_proj_weight: torch.Tensor | None = None,
                           dt_proj_weight: torch.Tensor | None = None, *, backend: str | None = None) -> bool:
     """Whether ``ssm_projections_fn`` takes the fused kernel for these arguments (weights None: weights of u's
@@ -236,8 +226,9 @@ def ssm_projections_fn(
     ``F.linear``); where the reference would not (autocast to another dtype; weights of another dtype without
     autocast) the call runs the reference."""
     def ref():
-        first = ssm_projections_ref(u, x_proj_weight, dt_proj_weight)
-        return first if second is None else (first, ssm_projections_ref(*second))
+        states = torch.float32 if _scan_states_fp32(u, backend) else None
+        first = ssm_projections_ref(u, x_proj_weight, dt_proj_weight, states)
+        return first if second is None else (first, ssm_projections_ref(*second, states))
 
     if not ssm_projections_fused(u, x_proj_weight, dt_proj_weight, backend=backend):
         return ref()

@@ -803,15 +803,15 @@ _HELPERS: dict = {}
 _STRIDE_ARGS = ("s_ub s_ul s_tb s_tl s_zb s_zl s_Bb s_Bl s_Cb s_Cl s_ob s_ol s_gb s_gl s_xb s_xl s_pp s_pb s_pl "
                 "never").split()
 
-# Chunks ahead of their use at which the forward prefetches u, delta and z to L2 (0: none; see _prefetch_impl), for
-# sequences of at least FWD_PREFETCH_MIN_LENGTH steps. Off: alone, the two-direction pair at Vim-Ti 1248, batch 64
-# ran 3.32 -> 2.94 ms with it (H100, scan_sweep_v12b/v12c-h100; H200 3.29 -> 2.92, v12), but inside the model the
-# pair's launches took 3.34 ms with it as without (profile-h100-v12c, with B and C packed too; the model's rows in
-# bench-h100-v12c-targets against -previous: no gain at 1248 batch 64 or Vim-S batch 32). In the model the forward
-# waits on its B/C loads instead (ncu, 35% of stall samples: ncu_digest_model_pair-h100-v12c);
-# _CONFIG_OVERRIDE["bc_prefetch_fwd"] (chunks ahead) prefetches those too, untimed. _CONFIG_OVERRIDE["prefetch"]
-# replaces this rule; benchmarks/model_variants.py times such settings inside the model.
-FWD_PREFETCH = 0
+# Chunks ahead of their use at which the forward prefetches u, delta and z (FWD_PREFETCH) and B and C
+# (FWD_BC_PREFETCH) to L2 (0: none; see _prefetch_impl), for sequences of at least FWD_PREFETCH_MIN_LENGTH steps.
+# Timed inside the model, round-robin in one process (benchmarks/model_variants.py, model_variants-h200-v13):
+# Vim-Ti 1248 forward, batch 64, 125.4 -> 118.1 ms (1.062x), batch 8 30.95 -> 24.33 ms; u/delta/z alone
+# (with B/C planes) 1.036x. Alone the pair at batch 64 runs 3.23 -> 2.96 ms (scan_sweep_v13-h200-v13). Session
+# 11's in-model trial without the B/C prefetch (B and C packed in rows) had shown nothing (profile-h100-v12c).
+# _CONFIG_OVERRIDE["prefetch"] / ["bc_prefetch_fwd"] replace these rules.
+FWD_PREFETCH = 8
+FWD_BC_PREFETCH = 8
 FWD_PREFETCH_MIN_LENGTH = 1024
 
 # The backward's register cap (see _launch_bwd)
@@ -895,9 +895,10 @@ def _vec_ok(x: torch.Tensor, NR: int, NL: int, nstate: int) -> bool:
             and (x.stride(0) * el) % width == 0 and (x.stride(2) * el) % width == 0)
 
 
-def _override(key: str):
-    """An entry of _CONFIG_OVERRIDE, or None."""
-    return _CONFIG_OVERRIDE.get(key) if _CONFIG_OVERRIDE else None
+def _override(key: str, default=None):
+    """An entry of _CONFIG_OVERRIDE, or ``default`` where it has none."""
+    value = _CONFIG_OVERRIDE.get(key) if _CONFIG_OVERRIDE else None
+    return default if value is None else value
 
 
 def _atomic_bc() -> bool:
@@ -932,15 +933,13 @@ def _launch_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, want_las
     vec = not interp and all(_vec_ok(x, NR, NL, nstate) for sc in scans for x in sc[3:5])
     if _override("vec") is not None:
         vec = vec and bool(_override("vec"))
-    if _override("touch") is not None:
-        touch = bool(_override("touch"))
-    # u, delta and z prefetched to L2 this many chunks ahead (compiled only: a PTX hint)
-    if interp:
-        prefetch = 0
-    elif _override("prefetch") is not None:
-        prefetch = int(_override("prefetch"))
-    else:
-        prefetch = FWD_PREFETCH if length >= FWD_PREFETCH_MIN_LENGTH else 0
+    # u, delta and z (prefetch), B and C (bc_prefetch) prefetched to L2 this many chunks ahead (compiled only: a
+    # PTX hint)
+    long_enough = length >= FWD_PREFETCH_MIN_LENGTH
+    prefetch = 0 if interp else int(_override("prefetch", FWD_PREFETCH if long_enough else 0))
+    bc_prefetch = 0 if interp else int(_override("bc_prefetch_fwd", FWD_BC_PREFETCH if long_enough else 0))
+    # the L2 prefetch of B and C replaces the touch (model_variants-h100-v13b: Vim-Ti 1248 b64 +2% without it)
+    touch = bool(_override("touch", touch and not bc_prefetch))
     _check_tile(T, NR, DR, W, NL, DL, nstate)
     if want_hs:  # the states entering each segment of the backward
         cfg_b = _config("bwd", dim, nstate, length, interp, batch * dim / num_sms(u.device))
@@ -998,7 +997,7 @@ def _launch_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, want_las
         HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(softplus), REVERSE=bool(reverse) and second is None,
         HS_EVERY=seg // T, EVEN_D=dim % (DR * W * DL) == 0, EVEN_N=nstate == NR * NL, PAD=length % T != 0,
         T=T, NR=NR, DR=DR, W=W, NL=NL, DL=DL, AHEAD=ahead, VEC=vec, BIDIR=second is not None, TOUCH=touch,
-        A_LOG=bool(a_log), PREFETCH=prefetch, BC_PREFETCH=0 if interp else int(_override("bc_prefetch_fwd") or 0),
+        A_LOG=bool(a_log), PREFETCH=prefetch, BC_PREFETCH=bc_prefetch,
         num_warps=W, **regs,
     )
     first = (u, delta, A, B, C, D if D is not None else A, zz, delta_bias if delta_bias is not None else A, aa)
