@@ -10,7 +10,7 @@
 #   tests:   scan_tests, split_tests, conv_tests, proj_tests, model_tests
 #   sweep:   sweep_proj, conv_sweep, sweep_v13, sweep_v12c, sweep_v12b, sweep_v12, sweep_v11, sweep_v10, sweep_v8, sweep_split, sweep_v7, sweep_v6b
 #   bench:   bench_targets, bench_fused, bench_prefetch (after sweep_v11), bench_graphs
-#   profile: kernel_profile, model_variants, host, first_call, ncu_fwd, ncu_bwd, ncu_src
+#   profile: kernel_profile, model_variants, host, first_call, ncu_model, ncu_fwd, ncu_bwd, ncu_src
 # The next call (session 11 ran the v12/v12b/v12c sweeps, the conv sweep, the benches, the GPU scan and model
 # tests, and ncu on the model's own scan launch; its last measurement, model_variants, got no device time):
 #   for p in model_variants sweep_v13 bench_graphs host; do ...; done
@@ -138,33 +138,39 @@ if want ncu_bwd profile && command -v ncu > /dev/null; then
     step 100 "ncu_bwd_stalls-$tag.txt" ncu --clock-control none -k regex:_scan_bwd_kernel --launch-skip 1 \
         --launch-count 1 --metrics "$stalls,$issue" python benchmarks/scan_sweep.py --one-bidir-bwd 128x197
 fi
+src_report() {  # src_report NAME KERNEL SKIP ARGS...: full set of the launch after SKIP, then its source and details pages
+    local name=$1 kernel=$2 skip=$3
+    shift 3
+    step 200 "ncu_src_$name-$tag.log" ncu --clock-control none --set full --import-source yes -f \
+        -k "regex:$kernel" --launch-skip "$skip" --launch-count 1 -o "$out/ncu_src_$name-$tag" "$@"
+    if [[ -f $out/ncu_src_$name-$tag.ncu-rep ]]; then
+        step 60 "ncu_src_$name-$tag.csv" ncu --import "$out/ncu_src_$name-$tag.ncu-rep" --page source --csv \
+            --print-source sass
+        step 60 "ncu_details_$name-$tag.txt" ncu --import "$out/ncu_src_$name-$tag.ncu-rep" --page details
+        # (warps of the launch and steps each walks, for the per-step instruction mix; the CSV is kept)
+        case $name in
+            pair_T* | model_pair) per_step=(--warps 1536 --steps 6085) ;;  # Vim-Ti 1248 b64 pair, one lane per channel
+            bwd224) per_step=(--warps 6144 --steps 224) ;;    # 24 x 128 x 2 one-warp programs, 7 x 32 steps
+            *) per_step=() ;;
+        esac
+        step 30 "ncu_digest_$name-$tag.txt" python benchmarks/ncu_digest.py "$out/ncu_src_$name-$tag.csv" \
+            --top 40 "${per_step[@]}"
+        rm -f "$out/ncu_src_$name-$tag.ncu-rep"
+    fi
+}
+if want ncu_model profile && command -v ncu > /dev/null; then
+    # the model's own forward scan launch as shipped (Vim-Ti 1248, batch 64, bf16 autocast: the sixth launch of
+    # model_variants' warm-up of its defaults)
+    src_report model_pair _scan_fwd_kernel 5 python benchmarks/model_variants.py --batch 64 --rounds 1 --iters 1 \
+        --variants defaults --out "$out/ncu_model_variants-$tag.json"
+fi
 if want ncu_src profile && command -v ncu > /dev/null; then
     # source-level: per SASS instruction, the warp-state samples (why each instruction waited), for the 1248
     # pair at one and at two steps per chunk (T = 2 ran 36% slower, unexplained; NOTES_triton.md run 11) and for
     # the two-direction backward at the training size; the binary reports are dropped once printed as text
-    src_report() {  # src_report NAME KERNEL ARGS...: full set of one launch, then its source and details pages
-        local name=$1 kernel=$2
-        shift 2
-        step 200 "ncu_src_$name-$tag.log" ncu --clock-control none --set full --import-source yes -f \
-            -k "regex:$kernel" --launch-skip 1 --launch-count 1 -o "$out/ncu_src_$name-$tag" "$@"
-        if [[ -f $out/ncu_src_$name-$tag.ncu-rep ]]; then
-            step 60 "ncu_src_$name-$tag.csv" ncu --import "$out/ncu_src_$name-$tag.ncu-rep" --page source --csv \
-                --print-source sass
-            step 60 "ncu_details_$name-$tag.txt" ncu --import "$out/ncu_src_$name-$tag.ncu-rep" --page details
-            # (warps of the launch and steps each walks, for the per-step instruction mix; the CSV is kept)
-            case $name in
-                pair_T*) per_step=(--warps 1536 --steps 6085) ;;  # Vim-Ti 1248 b64 pair, one lane per channel
-                bwd224) per_step=(--warps 6144 --steps 224) ;;    # 24 x 128 x 2 one-warp programs, 7 x 32 steps
-                *) per_step=() ;;
-            esac
-            step 30 "ncu_digest_$name-$tag.txt" python benchmarks/ncu_digest.py "$out/ncu_src_$name-$tag.csv" \
-                --top 40 "${per_step[@]}"
-            rm -f "$out/ncu_src_$name-$tag.ncu-rep"
-        fi
-    }
-    src_report pair_T1 _scan_fwd_kernel python benchmarks/scan_sweep.py --one-bidir 64x6085 --tile "[1,16,1,1,1,32,1]"
-    src_report pair_T2 _scan_fwd_kernel python benchmarks/scan_sweep.py --one-bidir 64x6085 --tile "[2,16,1,1,1,32,1]"
-    src_report bwd224 _scan_bwd_kernel python benchmarks/scan_sweep.py --one-bidir-bwd 128x197
+    src_report pair_T1 _scan_fwd_kernel 1 python benchmarks/scan_sweep.py --one-bidir 64x6085 --tile "[1,16,1,1,1,32,1]"
+    src_report pair_T2 _scan_fwd_kernel 1 python benchmarks/scan_sweep.py --one-bidir 64x6085 --tile "[2,16,1,1,1,32,1]"
+    src_report bwd224 _scan_bwd_kernel 1 python benchmarks/scan_sweep.py --one-bidir-bwd 128x197
 fi
 grep -h "passed\|failed\|error" "$out"/gpu_*tests-"$tag".log 2>/dev/null | tail -n 6
 grep -h "^|" "$out"/scan_sweep_v*-"$tag".log 2>/dev/null

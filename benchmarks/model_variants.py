@@ -23,13 +23,11 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "src"))
 from _override_run import apply_settings  # noqa: E402  (benchmarks/ is this script's directory)
 
+# session 12's third set (the first two: model_variants-h100-v13b, -h100-v14)
 VARIANTS = {
     "defaults": {},
-    "B/C fp32 (x_proj's accumulator)": {"vimamba.ops:SCAN_STATES_FP32_MIN_LENGTH": 1024},
-    "B/C fp32, no touch": {"vimamba.ops:SCAN_STATES_FP32_MIN_LENGTH": 1024, "touch": False},
-    "no touch": {"touch": False},
-    "fused projections": {"vimamba.ops.ssm_proj:FUSED_BY_DEFAULT": True},
-    "no prefetch (session 11's defaults)": {"prefetch": 0, "bc_prefetch_fwd": 0},
+    "decays a step early": {"exp_ahead": True},
+    "decays a step early, inputs two steps ahead": {"exp_ahead": True, "fwd": [1, 16, 1, 1, 1, 32, 2, 0]},
 }
 
 
@@ -40,23 +38,27 @@ def main():
     p.add_argument("--batch", type=int, nargs="+", default=[64, 8])
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--iters", type=int, default=3)
+    p.add_argument("--variants", nargs="+", metavar="NAME", help="only these (default: all)")
     p.add_argument("--out", required=True)
     args = p.parse_args()
+    chosen = {name: VARIANTS[name] for name in args.variants or VARIANTS if name in VARIANTS}
+    if args.variants and len(chosen) != len(args.variants):
+        raise SystemExit(f"unknown variant among {args.variants}; known: {list(VARIANTS)}")
     import timm
 
     import vimamba  # noqa: F401  (registers the models)
 
     # a variant that leaves a module constant out gets its value as imported (apply_settings keeps what it set)
-    constants = {key for settings in VARIANTS.values() for key in settings if ":" in key}
+    constants = {key for settings in chosen.values() for key in settings if ":" in key}
     as_imported = {key: getattr(importlib.import_module(key.partition(":")[0]), key.partition(":")[2])
                    for key in constants}
-    variants = {name: {**as_imported, **settings} for name, settings in VARIANTS.items()}
+    variants = {name: {**as_imported, **settings} for name, settings in chosen.items()}
     model = timm.create_model(args.model, img_size=args.img_size).cuda().eval()
     report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "model": args.model,
-              "img_size": args.img_size, "variants": VARIANTS, "rows": []}
+              "img_size": args.img_size, "variants": chosen, "rows": []}
     for batch in args.batch:
         x = torch.randn(batch, 3, args.img_size, args.img_size, device="cuda")
-        times = {name: [] for name in VARIANTS}
+        times = {name: [] for name in chosen}
         with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
             for name, settings in variants.items():  # compile and warm each variant once
                 apply_settings(settings)
@@ -71,7 +73,7 @@ def main():
                     end.record()
                     end.synchronize()
                     times[name].append(start.elapsed_time(end) / args.iters)
-        base = statistics.median(times[next(iter(VARIANTS))])
+        base = statistics.median(times[next(iter(chosen))])
         print(f"\n{report['device']}: {args.model} {args.img_size}, batch {batch}, ms a forward (median of "
               f"{args.rounds} rounds of {args.iters})")
         print("| variant | ms | img/s | vs first |")
