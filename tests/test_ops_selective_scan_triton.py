@@ -188,16 +188,12 @@ def test_odd_state_and_channels():
     dict(fwd=(2, 4, 1, 1, 4, 2, 2), bwd=(1, 4, 1, 1, 4, 2, 8)),
     dict(fwd=(2, 8, 1, 1, 2, 2, 2, False), bwd=(1, 8, 1, 1, 2, 2, 8, 4)),
     dict(fwd=(1, 8, 1, 1, 2, 2, 2, False), bwd=(1, 8, 1, 1, 2, 2, 8, 4)),
-    dict(fwd=(1, 16, 1, 1, 1, 4), bwd=(1, 16, 1, 1, 1, 4, 6, 2), exp_ahead=True),
-    dict(fwd=(1, 8, 1, 1, 2, 2, 2, False), bwd=(1, 8, 1, 1, 2, 2, 8, 4), exp_ahead=True),
-], ids=["split-lanes", "atomics", "one-step", "two-ahead", "two-ahead-no-touch", "one-step-two-ahead",
-        "exp-ahead", "exp-ahead-two-ahead"])
+], ids=["split-lanes", "atomics", "one-step", "two-ahead", "two-ahead-no-touch", "one-step-two-ahead"])
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
 def test_tile_shapes(cfg, reverse, monkeypatch):
     """Other tile shapes: states and channels split over lanes and warps, chunks of 1-4 steps, segments
     not dividing the length, phase-A chunks longer than the backward's chunks, dB/dC by atomics, inputs
-    loaded two chunks ahead (with a partial last chunk, and with the B/C touch off), the forward's decays
-    computed a step early (with inputs one and two chunks ahead)."""
+    loaded two chunks ahead (with a partial last chunk, and with the B/C touch off)."""
     monkeypatch.setattr(triton_scan, "_CONFIG_OVERRIDE", cfg)
     _compare(2, 13, 16, 13, torch.float32, dict(FLAGS_FULL, reverse=reverse), ALL)
 
@@ -542,13 +538,6 @@ def test_split_in_time(segments, reverse, monkeypatch):
 def test_bidir_split_in_time(segments, dtype, monkeypatch):
     monkeypatch.setattr(triton_scan, "_CONFIG_OVERRIDE", {"segments": segments})
     _bidir_compare(2, 6, 16, 37, dtype, seed=segments, a_log=True)
-
-
-def test_bidir_split_in_time_exp_ahead(monkeypatch):
-    """Both directions split in time with the decays computed a step early: PASS 1's dt sums and PASS 2's
-    outputs take each step's dt from the step before's look-ahead."""
-    monkeypatch.setattr(triton_scan, "_CONFIG_OVERRIDE", {"segments": 3, "exp_ahead": True, "fwd": (1, 16, 1, 1, 1, 4)})
-    _bidir_compare(2, 6, 16, 37, torch.bfloat16, seed=5, a_log=True)
 
 
 def test_bidir_split_in_time_in_place(monkeypatch):

@@ -195,7 +195,6 @@ def _scan_fwd_kernel(
     T: tl.constexpr, NR: tl.constexpr, DR: tl.constexpr, W: tl.constexpr, NL: tl.constexpr, DL: tl.constexpr,
     AHEAD: tl.constexpr, VEC: tl.constexpr, BIDIR: tl.constexpr, TOUCH: tl.constexpr, A_LOG: tl.constexpr,
     PASS: tl.constexpr = 0, PREFETCH: tl.constexpr = 0, BC_PREFETCH: tl.constexpr = 0,
-    EXP_AHEAD: tl.constexpr = False,
 ):
     # PASS 0: the whole sequence per program. Split in time (short of rows to fill the GPU: small batches at
     # high resolution), grid axis 1 runs over (batch element, segment of seg_chunks chunks): PASS 1 scans
@@ -338,14 +337,6 @@ def _scan_fwd_kernel(
     if TOUCH:
         tB_f += AHEAD * step_B
         tC_f += AHEAD * step_C
-    if EXP_AHEAD:  # (one step per chunk) the first chunk's dt and decays, before the loop: see below
-        tl.static_assert(T == 1, "EXP_AHEAD needs one step per chunk")
-        dt_e = dt_n.to(tl.float32)
-        if HAS_BIAS:
-            dt_e = dt_e + bias
-        if SOFTPLUS:
-            dt_e = _softplus(dt_e)
-        dA_e = tl.exp2(dt_e * A2)
 
     h = tl.full([1, NR, DR, W, NL, DL], 0.0, tl.float32)
     if PASS == 2:  # the state entering this segment: the end states of the segments before it, composed
@@ -366,11 +357,7 @@ def _scan_fwd_kernel(
         else:
             m_dt = m_d
         u = u_n.to(tl.float32)
-        if EXP_AHEAD:
-            dt = dt_e
-            dA_c = dA_e
-        else:
-            dt = dt_n.to(tl.float32)
+        dt = dt_n.to(tl.float32)
         if HAS_Z:
             zz = z_n.to(tl.float32)
         if HAS_ADD:
@@ -424,22 +411,10 @@ def _scan_fwd_kernel(
             _prefetch(C_ptr + pid_b * s_Cb + lane_n * s_Cn + t_bc * s_Cl, False)
 
         # per (channel, step): the whole chunk at once
-        if EXP_AHEAD:
-            # The next chunk's decays exp(dt A), computed a chunk early: the 16 exps of a step then do not wait
-            # on, nor hold up, this step's chain of multiply-adds, and the scheduler can interleave the two
-            # (the special-function unit and the FMA pipe). dt_n is the next chunk's here (with AHEAD = 2 it
-            # was loaded a chunk ago).
-            dt_e = dt_n.to(tl.float32)
-            if HAS_BIAS:
-                dt_e = dt_e + bias
-            if SOFTPLUS:
-                dt_e = _softplus(dt_e)
-            dA_e = tl.exp2(dt_e * A2)
-        else:
-            if HAS_BIAS:
-                dt = dt + bias
-            if SOFTPLUS:
-                dt = _softplus(dt)
+        if HAS_BIAS:
+            dt = dt + bias
+        if SOFTPLUS:
+            dt = _softplus(dt)
         if PAD:
             dt = tl.where(m_t, dt, 0.0)  # padded steps: decay 1, input 0, the identity of the scan
         du = dt * u
@@ -464,10 +439,7 @@ def _scan_fwd_kernel(
             B_j = _load_states(B_p + e_j * s_Bl, m_n, VEC)
             dt_j = tl.reduce(tl.where(it == j, dt, -0.0), 0, _sum_comb, keep_dims=True)
             du_j = tl.reduce(tl.where(it == j, du, -0.0), 0, _sum_comb, keep_dims=True)
-            if EXP_AHEAD:
-                h = dA_c * h + du_j * B_j
-            else:
-                h = tl.exp2(dt_j * A2) * h + du_j * B_j
+            h = tl.exp2(dt_j * A2) * h + du_j * B_j
             if PASS != 1:
                 C_j = _load_states(C_p + e_j * s_Cl, m_n, VEC)
                 y_j = tl.reduce(tl.reduce(h * C_j, 1, _sum_comb, keep_dims=True), 4, _sum_comb, keep_dims=True)
@@ -841,9 +813,6 @@ _STRIDE_ARGS = ("s_ub s_ul s_tb s_tl s_zb s_zl s_Bb s_Bl s_Cb s_Cl s_ob s_ol s_g
 FWD_PREFETCH = 8
 FWD_BC_PREFETCH = 8
 FWD_PREFETCH_MIN_LENGTH = 1024
-# The forward computes each step's decays exp(dt A) one step early (EXP_AHEAD of _scan_fwd_kernel; tiles of one
-# step per chunk): untimed, off. _CONFIG_OVERRIDE["exp_ahead"] replaces this.
-FWD_EXP_AHEAD = False
 
 # The backward's register cap (see _launch_bwd)
 _BWD_REGISTERS = 168
@@ -971,7 +940,6 @@ def _launch_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, want_las
     bc_prefetch = 0 if interp else int(_override("bc_prefetch_fwd", FWD_BC_PREFETCH if long_enough else 0))
     # the L2 prefetch of B and C replaces the touch (model_variants-h100-v13b: Vim-Ti 1248 b64 +2% without it)
     touch = bool(_override("touch", touch and not bc_prefetch))
-    exp_ahead = T == 1 and bool(_override("exp_ahead", FWD_EXP_AHEAD))
     _check_tile(T, NR, DR, W, NL, DL, nstate)
     if want_hs:  # the states entering each segment of the backward
         cfg_b = _config("bwd", dim, nstate, length, interp, batch * dim / num_sms(u.device))
@@ -1029,7 +997,7 @@ def _launch_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, want_las
         HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(softplus), REVERSE=bool(reverse) and second is None,
         HS_EVERY=seg // T, EVEN_D=dim % (DR * W * DL) == 0, EVEN_N=nstate == NR * NL, PAD=length % T != 0,
         T=T, NR=NR, DR=DR, W=W, NL=NL, DL=DL, AHEAD=ahead, VEC=vec, BIDIR=second is not None, TOUCH=touch,
-        A_LOG=bool(a_log), PREFETCH=prefetch, BC_PREFETCH=bc_prefetch, EXP_AHEAD=exp_ahead,
+        A_LOG=bool(a_log), PREFETCH=prefetch, BC_PREFETCH=bc_prefetch,
         num_warps=W, **regs,
     )
     first = (u, delta, A, B, C, D if D is not None else A, zz, delta_bias if delta_bias is not None else A, aa)
