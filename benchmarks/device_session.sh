@@ -11,11 +11,9 @@
 #   sweep:   sweep_proj, conv_sweep, sweep_v13, sweep_v12c, sweep_v12b, sweep_v12, sweep_v11, sweep_v10, sweep_v8, sweep_split, sweep_v7, sweep_v6b
 #   bench:   bench_targets, bench_fused, bench_prefetch (after sweep_v11), bench_graphs
 #   profile: kernel_profile, model_variants, host, first_call, ncu_model, ncu_fwd, ncu_bwd, ncu_src
-# The next call (session 11 ran the v12/v12b/v12c sweeps, the conv sweep, the benches, the GPU scan and model
-# tests, and ncu on the model's own scan launch; its last measurement, model_variants, got no device time):
-#   for p in model_variants sweep_v13 bench_graphs host; do ...; done
-# (the forward's L2 prefetch sped the 1248 pair up 12% alone and not inside the model, where 35% of its stall
-# samples wait on B/C loads: model_variants times the B/C prefetch inside the model)
+# The next call (session 12 timed its options inside the model with model_variants, the targets, the 224 graph
+# rows and ncu of the model's own launch; nothing is waiting to be timed): after a kernel change,
+#   for p in model_variants kernel_profile ncu_model bench_targets; do ...; done
 #
 # 1. GPU correctness: full-size scans (both directions, every gradient; the backward's sm_90 registers), the
 #    forward split in time, the conv (SLIDE tiles included), the fused projections, the whole-model

@@ -219,10 +219,9 @@ def ssm_projections_fn(
     the same shapes; both triples are returned, and from the Triton kernel they come from one launch.
 
     The fused kernel is taken by ``backend="triton"``, and by the automatic choice only where
-    ``vimamba.ops.ssm_proj.FUSED_BY_DEFAULT`` (``VIMAMBA_FUSED_PROJ=1``) says so: it has run only on Hopper GPUs
-    (its tests pass on an H100, the whole-model comparisons with it on an H100 and an H200; whole models +4% at
-    Vim-Ti 1248, unchanged elsewhere).
-    It computes in u's dtype (the weights rounded to it, as autocast casts them for the reference's
+    ``vimamba.ops.ssm_proj.FUSED_BY_DEFAULT`` (``VIMAMBA_FUSED_PROJ=1``) says so (see there). Otherwise, for the
+    Triton scan of ``SCAN_STATES_FP32_MIN_LENGTH`` steps or more, B and C come in fp32 (``_scan_states_fp32``).
+    The fused kernel computes in u's dtype (the weights rounded to it, as autocast casts them for the reference's
     ``F.linear``); where the reference would not (autocast to another dtype; weights of another dtype without
     autocast) the call runs the reference."""
     def ref():
