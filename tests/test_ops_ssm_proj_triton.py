@@ -43,20 +43,23 @@ def _loss(outs, seed):
     return total
 
 
-def _compare(dirs, dtype, seed=0):
-    """dirs: one or two input triples. Values and gradients of the fast path against the reference."""
+def _compare(dirs, dtype, seed=0, states_fp32=False):
+    """dirs: one or two input triples. Values and gradients of the fast path against the reference
+    (``states_fp32``: B and C in fp32 from both)."""
     fast = [_leaves(d) for d in dirs]
     ref = [_leaves(d) for d in dirs]
     if len(dirs) == 2:
-        got = [t for triple in mod.ssm_projections_triton(*fast[0], second=fast[1]) for t in triple]
+        got = [t for triple in mod.ssm_projections_triton(*fast[0], second=fast[1], states_fp32=states_fp32)
+               for t in triple]
     else:
-        got = list(mod.ssm_projections_triton(*fast[0]))
+        got = list(mod.ssm_projections_triton(*fast[0], states_fp32=states_fp32))
     with _autocast(dtype):
-        want = [t for d in ref for t in ssm_projections_ref(*d)]
+        want = [t for d in ref for t in ssm_projections_ref(*d, torch.float32 if states_fp32 else None)]
     assert len(got) == len(want) == 3 * len(dirs)
     for name, g, w in zip(("delta", "B", "C") * 2, got, want):
         assert g.dtype == w.dtype and g.shape == w.shape, (name, g.dtype, w.dtype, g.shape, w.shape)
-        assert g.stride() == w.stride(), (name, g.stride(), w.stride())
+        # (the reference's fp32 B and C from a cast are copies; the kernel's are x_dbl's columns either way)
+        assert states_fp32 or g.stride() == w.stride(), (name, g.stride(), w.stride())
         assert rel_err(g, w) <= TOL[dtype], (name, rel_err(g, w))
     _loss(got, seed).backward()
     _loss(want, seed).backward()
@@ -79,6 +82,16 @@ def test_pair_matches_reference(length, dtype):
 def test_single_direction_odd_sizes(dim, rank, nstate, dtype):
     """One direction; channels no multiple of the K and N tiles, dt_rank and 2 * states under a tl.dot's 16."""
     _compare([_inputs(3, dim, 11, rank, nstate, dtype, seed=dim)], dtype, seed=dim)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("length", [7, 197])
+def test_pair_with_fp32_states(length, dtype):
+    """B and C in fp32 (the scan's choice from 1,024 tokens): the kernel writes its fp32 accumulator where the
+    reference casts its rounded product (so they agree to the 16-bit rounding), dt is rounded before dt_proj as
+    without it, and gradients reach u and both weights as through the reference's cast."""
+    dirs = [_inputs(2, 40, length, 12, 16, dtype, seed=length + s) for s in (0, 100)]
+    _compare(dirs, dtype, seed=length, states_fp32=True)
 
 
 def test_channel_major_u_and_mixed_layouts():
@@ -133,6 +146,9 @@ def test_custom_op_passes_opcheck():
                                                                          "test_autograd_registration"))
     torch.library.opcheck(mod._proj_fwd_op.op, (*one, None, None, None), test_utils=("test_schema",
                                                                                      "test_faketensor"))
+    half = [t.detach().to(torch.bfloat16).requires_grad_(True) for t in (*one, *two)]
+    torch.library.opcheck(mod._proj_fwd_op.op, (*half, True), test_utils=("test_schema", "test_faketensor",
+                                                                          "test_autograd_registration"))
 
 
 def test_default_choice_is_cublas_until_timed(monkeypatch):
@@ -168,13 +184,14 @@ def test_bad_shapes_are_refused():
         mod.ssm_projections_triton(u[0], wx, wdt)
 
 
-@pytest.mark.parametrize("dtype", ["bf16", "fp32"])
+@pytest.mark.parametrize("dtype", ["bf16", "bf16-fp32-states", "fp32"])
 def test_compiles_for_sm90_without_spills(dtype):
     """Every tile the autotuner is offered, compiled for Hopper (offline): tensor-core products for 16-bit
-    inputs, no spills."""
+    inputs (also with x_dbl in fp32, for fp32 B and C), no spills."""
     ieee = dtype == "fp32"
     # 16-bit activations with the fp32 weights of autocast (the kernel rounds them as it loads them)
-    types = pointer_types(mod._ssm_proj_kernel, ("w",)) if not ieee else {
+    fp32_outputs = ("w", "xdbl") if dtype == "bf16-fp32-states" else ("w",)
+    types = pointer_types(mod._ssm_proj_kernel, fp32_outputs) if not ieee else {
         n: "*fp32" for n in pointer_types(mod._ssm_proj_kernel, ())}
     aligned = [n for n in types] + ["E", "s_um"]
     for bm, bk, bn, nw in mod._configs(ieee):

@@ -219,8 +219,8 @@ def ssm_projections_fn(
     the same shapes; both triples are returned, and from the Triton kernel they come from one launch.
 
     The fused kernel is taken by ``backend="triton"``, and by the automatic choice only where
-    ``vimamba.ops.ssm_proj.FUSED_BY_DEFAULT`` (``VIMAMBA_FUSED_PROJ=1``) says so (see there). Otherwise, for the
-    Triton scan of ``SCAN_STATES_FP32_MIN_LENGTH`` steps or more, B and C come in fp32 (``_scan_states_fp32``).
+    ``vimamba.ops.ssm_proj.FUSED_BY_DEFAULT`` (``VIMAMBA_FUSED_PROJ=1``) says so (see there). For the Triton
+    scan of ``SCAN_STATES_FP32_MIN_LENGTH`` steps or more, B and C come in fp32 either way (``_scan_states_fp32``).
     The fused kernel computes in u's dtype (the weights rounded to it, as autocast casts them for the reference's
     ``F.linear``); where the reference would not (autocast to another dtype; weights of another dtype without
     autocast) the call runs the reference."""
@@ -233,4 +233,5 @@ def ssm_projections_fn(
         return ref()
     from .ssm_proj.triton_ssm_proj import ssm_projections_triton
 
-    return ssm_projections_triton(u, x_proj_weight, dt_proj_weight, second)
+    return ssm_projections_triton(u, x_proj_weight, dt_proj_weight, second,
+                                  states_fp32=_scan_states_fp32(u, backend))

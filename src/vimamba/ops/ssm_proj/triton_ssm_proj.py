@@ -40,7 +40,8 @@ def _ssm_proj_kernel(
     BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     # u: rows = tokens (batch x length), E channels; wx (R + NBC, E) and wdt (E, R) contiguous, any float dtype
-    # (rounded to u's as they are loaded); x_dbl (rows, R + NBC) and delta (rows, E) contiguous, in u's dtype.
+    # (rounded to u's as they are loaded); x_dbl (rows, R + NBC) and delta (rows, E) contiguous, delta in u's
+    # dtype, x_dbl in u's or fp32 (then B and C keep the accumulator's precision; dt is rounded to u's first).
     # Grid axis 1: the direction.
     if tl.program_id(1) == 1:
         u_ptr = u2_ptr
@@ -76,9 +77,9 @@ def _ssm_proj_kernel(
         else:  # 16-bit inputs: the precision argument does not apply
             acc_dt = tl.dot(a, w_dt, acc_dt)
             acc_bc = tl.dot(a, w_bc, acc_bc)
-    dt = acc_dt.to(xdbl_ptr.dtype.element_ty)  # rounded as the reference's x_dbl is, before dt_proj
+    dt = acc_dt.to(u_ptr.dtype.element_ty)  # rounded as the reference's x_dbl is, before dt_proj
     row_x = rows[:, None] * (R + NBC)
-    tl.store(xdbl_ptr + row_x + rr[None, :], dt, mask=m_rows[:, None] & m_r[None, :])
+    tl.store(xdbl_ptr + row_x + rr[None, :], dt.to(xdbl_ptr.dtype.element_ty), mask=m_rows[:, None] & m_r[None, :])
     tl.store(xdbl_ptr + row_x + (R + nn)[None, :], acc_bc.to(xdbl_ptr.dtype.element_ty),
              mask=m_rows[:, None] & m_n[None, :])
     for n0 in range(0, E, BLOCK_N):
@@ -130,8 +131,9 @@ def _contiguous(t: torch.Tensor) -> torch.Tensor:
     return t if t.is_contiguous() else t.contiguous()
 
 
-def _launch(dirs):
-    """dirs: one or two (u, x_proj_weight, dt_proj_weight). Returns [(x_dbl, delta (batch, length, E))]."""
+def _launch(dirs, states_fp32: bool = False):
+    """dirs: one or two (u, x_proj_weight, dt_proj_weight). Returns [(x_dbl, delta (batch, length, E))]; x_dbl
+    in fp32 where ``states_fp32``, else in u's dtype."""
     u0, wx0, wdt0 = dirs[0]
     batch, E, length = u0.shape
     R = wdt0.shape[1]
@@ -140,7 +142,8 @@ def _launch(dirs):
     outs, args = [], []
     for u, wx, wdt in dirs:
         rows = _rows(u)
-        x_dbl = torch.empty((batch, length, R + NBC), device=u.device, dtype=dtype)
+        x_dbl = torch.empty((batch, length, R + NBC), device=u.device,
+                            dtype=torch.float32 if states_fp32 else dtype)
         delta = torch.empty((batch, length, E), device=u.device, dtype=dtype)
         outs.append((x_dbl, delta))
         # the weights as they are (fp32 parameters under autocast): the kernel rounds them to u's dtype as it
@@ -179,26 +182,27 @@ def _empty_like_outputs(u):
 # Registered as a custom op (``eager_op``): torch.compile keeps a whole model in one graph, CUDA graphs capture
 # the kernel as it is. The second direction's outputs are fresh empty tensors when there is none.
 def _proj_fwd_impl(u: torch.Tensor, wx: torch.Tensor, wdt: torch.Tensor, u2: Optional[torch.Tensor],
-                   wx2: Optional[torch.Tensor], wdt2: Optional[torch.Tensor]
+                   wx2: Optional[torch.Tensor], wdt2: Optional[torch.Tensor], states_fp32: bool = False
                    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     dirs = [(u, wx, wdt)] + ([(u2, wx2, wdt2)] if u2 is not None else [])
-    outs = _launch(dirs)
+    outs = _launch(dirs, states_fp32)
     first = outs[0]
     second = outs[1] if len(outs) > 1 else _empty_like_outputs(u)
     return (*first, *second)
 
 
-def _proj_fwd_fake(u, wx, wdt, u2, wx2, wdt2):
+def _proj_fwd_fake(u, wx, wdt, u2, wx2, wdt2, states_fp32=False):
     batch, E, length = u.shape
 
     def pair():
-        return u.new_empty((batch, length, wx.shape[0])), u.new_empty((batch, length, E))
+        return (u.new_empty((batch, length, wx.shape[0]), dtype=torch.float32 if states_fp32 else u.dtype),
+                u.new_empty((batch, length, E)))
 
     return (*pair(), *(pair() if u2 is not None else _empty_like_outputs(u)))
 
 
 def _proj_setup_context(ctx, inputs, output):
-    u, wx, wdt, u2, wx2, wdt2 = inputs
+    u, wx, wdt, u2, wx2, wdt2 = inputs[:6]
     ctx.two = u2 is not None
     ctx.save_for_backward(u, wx, wdt, output[0], *((u2, wx2, wdt2, output[2]) if ctx.two else ()))
     ctx.set_materialize_grads(False)
@@ -206,12 +210,13 @@ def _proj_setup_context(ctx, inputs, output):
 
 def _direction_grads(u, wx, wdt, x_dbl, g_xdbl, g_delta, needs):
     """Gradients of u, x_proj_weight and dt_proj_weight through x_dbl = u^T wx^T, delta = dt wdt^T (dt: the
-    first dt_rank columns of x_dbl), as autograd gives them for the reference's two ``F.linear``."""
+    first dt_rank columns of x_dbl), as autograd gives them for the reference's two ``F.linear`` (with an fp32
+    x_dbl, as for the reference's B and C cast to fp32: x_dbl's gradient rounded to u's dtype first)."""
     dtype = u.dtype
     R = wdt.shape[1]
     E = u.shape[1]
     rows = _rows(u)
-    g_x = g_xdbl.reshape(-1, wx.shape[0]) if g_xdbl is not None else None
+    g_x = g_xdbl.reshape(-1, wx.shape[0]).to(dtype) if g_xdbl is not None else None
     g_wdt = None
     if g_delta is not None:
         g_d = g_delta.reshape(-1, E)
@@ -219,7 +224,7 @@ def _direction_grads(u, wx, wdt, x_dbl, g_xdbl, g_delta, needs):
         g_x = g_x.clone() if g_x is not None else rows.new_zeros((rows.shape[0], wx.shape[0]))
         g_x[:, :R] += g_dt
         if needs[2]:
-            g_wdt = (g_d.t() @ x_dbl.reshape(-1, wx.shape[0])[:, :R]).to(wdt.dtype)
+            g_wdt = (g_d.t() @ x_dbl.reshape(-1, wx.shape[0])[:, :R].to(dtype)).to(wdt.dtype)
     g_u = g_wx = None  # (None where no output reached the loss, as autograd leaves them)
     if g_x is not None:
         if needs[0]:
@@ -236,7 +241,7 @@ def _proj_backward(ctx, g_xdbl, g_delta, g_xdbl2, g_delta2):
         grads += _direction_grads(*saved[4:], g_xdbl2, g_delta2, ctx.needs_input_grad[3:])
     else:
         grads += [None, None, None]
-    return tuple(grads)
+    return (*grads, None)
 
 
 _proj_fwd_op = eager_op("vimamba::ssm_projections", _proj_fwd_impl, backward=_proj_backward,
@@ -264,10 +269,11 @@ def _scan_views(x_dbl: torch.Tensor, delta: torch.Tensor, dt_rank: int):
 
 
 def ssm_projections_triton(u: torch.Tensor, x_proj_weight: torch.Tensor, dt_proj_weight: torch.Tensor,
-                           second: Optional[Sequence[torch.Tensor]] = None):
+                           second: Optional[Sequence[torch.Tensor]] = None, states_fp32: bool = False):
     """``ssm_projections_ref(u, x_proj_weight, dt_proj_weight)`` -> (delta, B, C) in u's dtype, or, with
     ``second`` = (u, x_proj_weight, dt_proj_weight) of another direction of the same shapes, both directions'
-    triples from one launch. Differentiable in every input."""
+    triples from one launch. Differentiable in every input. ``states_fp32``: B and C in fp32, the products'
+    accumulator unrounded (``ssm_projections_ref(..., states_dtype=torch.float32)`` up to that rounding)."""
     if not HAS_TRITON:
         raise RuntimeError("ssm_projections_triton needs the triton package")
     if not u.is_cuda and not _get_kernel()[1]:
@@ -283,7 +289,7 @@ def ssm_projections_triton(u: torch.Tensor, x_proj_weight: torch.Tensor, dt_proj
             raise ValueError("both directions must agree in shapes and u's dtype, got "
                              f"{tuple(u.shape)}/{tuple(u2.shape)}, {u.dtype}/{u2.dtype}, "
                              f"{tuple(x_proj_weight.shape)}/{tuple(wx2.shape)}")
-        x1, d1, x2, d2 = _proj_fwd_op(u, x_proj_weight, dt_proj_weight, u2, wx2, wdt2)
+        x1, d1, x2, d2 = _proj_fwd_op(u, x_proj_weight, dt_proj_weight, u2, wx2, wdt2, bool(states_fp32))
         return _scan_views(x1, d1, rank), _scan_views(x2, d2, rank)
-    x1, d1, _, _ = _proj_fwd_op(u, x_proj_weight, dt_proj_weight, None, None, None)
+    x1, d1, _, _ = _proj_fwd_op(u, x_proj_weight, dt_proj_weight, None, None, None, bool(states_fp32))
     return _scan_views(x1, d1, rank)
