@@ -41,6 +41,8 @@ def main():
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--iters", type=int, default=3)
     p.add_argument("--variants", nargs="+", metavar="NAME", help="only these (default: all)")
+    p.add_argument("--profile", action="store_true",
+                   help="then one forward of each variant under torch.profiler: its largest kernels")
     p.add_argument("--out", required=True)
     args = p.parse_args()
     chosen = {name: VARIANTS[name] for name in args.variants or VARIANTS if name in VARIANTS}
@@ -84,12 +86,32 @@ def main():
             ms = statistics.median(ts)
             report["rows"].append({"batch": batch, "variant": name, "ms": ms, "ms_rounds": ts})
             print(f"| {name} | {ms:.2f} | {batch * 1000 / ms:.1f} | {base / ms:.3f}x |")
+        if args.profile:
+            for name, settings in variants.items():
+                apply_settings(settings)
+                kernels = _profile_forward(model, x)
+                report["rows"].append({"batch": batch, "variant": name, "profile": kernels})
+                print(f"\n{name}, batch {batch}: GPU {sum(k['ms'] for k in kernels):.2f} ms in its largest kernels")
+                for k in kernels:
+                    print(f"  {k['ms']:8.2f} ms {k['calls']:4d}x  {k['name']}")
         with open(args.out, "w") as f:
             json.dump(report, f, indent=1)
     apply_settings(as_imported)
     from vimamba.ops.ssm_proj import reference
 
     print(f"torch.mm with out_dtype (fp32 B/C without a cast): {'available' if reference._MM_OUT_DTYPE else 'missing'}")
+
+
+def _profile_forward(model, x, top: int = 10) -> list:
+    """One forward (bf16 autocast, no grad) under torch.profiler: its ``top`` kernels by GPU time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            model(x)
+            torch.cuda.synchronize()
+    events = sorted((e for e in prof.key_averages() if e.device_time_total > 0), key=lambda e: -e.device_time_total)
+    return [{"name": e.key[:90], "calls": e.count, "ms": e.device_time_total / 1e3} for e in events[:top]]
 
 
 if __name__ == "__main__":

@@ -169,3 +169,13 @@ def test_sweep_input_layouts():
     grad = gB._base.grad
     assert torch.equal(grad[..., :12], torch.zeros(2, 9, 12)) and torch.equal(grad[..., 12:28], torch.ones(2, 9, 16))
     assert torch.equal(grad[..., 28:], 2 * torch.ones(2, 9, 16))
+
+
+def test_model_variants_refuses_an_unknown_variant():
+    """``model_variants.py --variants`` names variants of its table; a name it lacks stops it before any model is
+    built, and says which names there are."""
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "model_variants.py"), "--variants", "defaults",
+                           "no such variant", "--out", "unused.json"], capture_output=True, text=True, env=_env(),
+                          cwd=ROOT, timeout=120)
+    assert done.returncode != 0
+    assert "unknown variant" in done.stderr and "'defaults'" in done.stderr
