@@ -25,10 +25,11 @@ from _override_run import apply_settings  # noqa: E402  (benchmarks/ is this scr
 
 # Session 12 timed three sets (model_variants-h200-v13 and -h100-v13b: the prefetches and fp32 B/C, adopted; -v14:
 # prefetch distances and inputs two steps ahead, not; -v15: the decays a step early, 12% slower, removed). Standing
-# here: the defaults against the fused projections (now with fp32 B/C too) and the 16-bit B/C of before.
+# here (v16: the fused projections, with fp32 B/C, then made the default for large inputs on Hopper): the
+# defaults against cuBLAS's projections and the 16-bit B/C of before.
 VARIANTS = {
     "defaults": {},
-    "fused projections (fp32 B/C)": {"vimamba.ops.ssm_proj:FUSED_BY_DEFAULT": True},
+    "cuBLAS projections": {"vimamba.ops.ssm_proj:FUSED_BY_DEFAULT": False},
     "B/C in 16 bits": {"vimamba.ops:SCAN_STATES_FP32_MIN_LENGTH": None},
 }
 

@@ -151,14 +151,39 @@ def test_custom_op_passes_opcheck():
                                                                           "test_autograd_registration"))
 
 
-def test_default_choice_is_cublas_until_timed(monkeypatch):
-    """The automatic choice keeps the reference's products unless VIMAMBA_FUSED_PROJ turned the kernel on;
-    backend="triton" takes the kernel either way."""
+def test_fused_by_default_rule(monkeypatch):
+    """Unset, the automatic choice takes the kernel for u of more than FUSED_ABOVE_ELEMENTS elements on Hopper
+    GPUs only (compute capability 9); VIMAMBA_FUSED_PROJ's True / False override it everywhere."""
+    import types
+
+    from vimamba.ops import ssm_proj
+
+    capability = {"cuda:0": (9, 0), "cuda:1": (8, 0)}
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device: capability[device])
+    monkeypatch.setattr(ssm_proj, "FUSED_BY_DEFAULT", None)
+
+    def u(numel, device="cuda:0", is_cuda=True):
+        return types.SimpleNamespace(is_cuda=is_cuda, numel=lambda: numel, device=device)
+
+    big = ssm_proj.FUSED_ABOVE_ELEMENTS + 1
+    assert ssm_proj.fused_by_default(u(big))
+    assert not ssm_proj.fused_by_default(u(ssm_proj.FUSED_ABOVE_ELEMENTS))
+    assert not ssm_proj.fused_by_default(u(big, "cuda:1"))
+    assert not ssm_proj.fused_by_default(u(big, "cpu", is_cuda=False))
+    for forced in (True, False):
+        monkeypatch.setattr(ssm_proj, "FUSED_BY_DEFAULT", forced)
+        assert ssm_proj.fused_by_default(u(1, "cuda:1")) is forced
+
+
+def test_default_choice_is_cublas_for_small_inputs(monkeypatch):
+    """The automatic choice keeps the reference's products for small inputs (and on the CPU) unless
+    VIMAMBA_FUSED_PROJ turned the kernel on; backend="triton" takes the kernel either way."""
     from vimamba.ops import ssm_proj
 
     calls = []
     real = mod._proj_fwd_op
     monkeypatch.setattr(mod, "_proj_fwd_op", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(ssm_proj, "FUSED_BY_DEFAULT", None)
     u, wx, wdt = _inputs(2, 24, 6, 3, 4, torch.float32, seed=8)
     monkeypatch.setenv("VIMAMBA_BACKEND", "triton")
     with torch.no_grad():

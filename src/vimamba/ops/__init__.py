@@ -194,7 +194,7 @@ def ssm_projections_fused(u: torch.Tensor, x_proj_weight: torch.Tensor | None = 
                           dt_proj_weight: torch.Tensor | None = None, *, backend: str | None = None) -> bool:
     """Whether ``ssm_projections_fn`` takes the fused kernel for these arguments (weights None: weights of u's
     dtype or autocast's)."""
-    if resolve_backend(u, backend) != "triton" or (backend is None and not ssm_proj.FUSED_BY_DEFAULT):
+    if resolve_backend(u, backend) != "triton" or (backend is None and not ssm_proj.fused_by_default(u)):
         return False
     # the kernel computes in u's dtype: what the reference does under autocast to that dtype, or without
     # autocast when the weights have it too
@@ -219,7 +219,8 @@ def ssm_projections_fn(
     the same shapes; both triples are returned, and from the Triton kernel they come from one launch.
 
     The fused kernel is taken by ``backend="triton"``, and by the automatic choice only where
-    ``vimamba.ops.ssm_proj.FUSED_BY_DEFAULT`` (``VIMAMBA_FUSED_PROJ=1``) says so (see there). For the Triton
+    ``vimamba.ops.ssm_proj.fused_by_default`` says so (large inputs on Hopper GPUs; ``VIMAMBA_FUSED_PROJ=1`` /
+    ``=0``: always / never; see there). For the Triton
     scan of ``SCAN_STATES_FP32_MIN_LENGTH`` steps or more, B and C come in fp32 either way (``_scan_states_fp32``).
     The fused kernel computes in u's dtype (the weights rounded to it, as autocast casts them for the reference's
     ``F.linear``); where the reference would not (autocast to another dtype; weights of another dtype without
