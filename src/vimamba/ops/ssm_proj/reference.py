@@ -33,13 +33,10 @@ def ssm_projections_ref(u: torch.Tensor, x_proj_weight: torch.Tensor, dt_proj_we
     dt_rank = dt_proj_weight.shape[1]
     d_state = (x_proj_weight.shape[0] - dt_rank) // 2
     rows = u.transpose(1, 2)
-    x_dbl = None
-    if states_dtype == torch.float32:
-        x_dbl = x_proj_fp32(rows, x_proj_weight)
-    if x_dbl is None:
-        x_dbl = F.linear(rows, x_proj_weight)
+    accumulator = x_proj_fp32(rows, x_proj_weight) if states_dtype == torch.float32 else None
+    x_dbl = F.linear(rows, x_proj_weight) if accumulator is None else accumulator
     dt, B, C = x_dbl.split([dt_rank, d_state, d_state], dim=-1)
-    if x_dbl.dtype == torch.float32 and dt.dtype != _product_dtype(rows, x_proj_weight):
+    if accumulator is not None:  # dt rounded as the 16-bit product would have rounded it
         dt = dt.to(_product_dtype(rows, x_proj_weight))
     delta = F.linear(dt, dt_proj_weight).transpose(1, 2)
     B, C = B.transpose(1, 2), C.transpose(1, 2)
