@@ -28,8 +28,9 @@ def ssm_projections_ref(u: torch.Tensor, x_proj_weight: torch.Tensor, dt_proj_we
     x_dbl rounded to that dtype before the second product.
 
     ``states_dtype``: B and C in this dtype (None: x_dbl's). float32 from a 16-bit product keeps the product's
-    fp32 accumulator for them, which the scan then reads without converting (see ``x_proj_fp32``); delta is
-    computed from dt rounded to the product's dtype, as without it."""
+    fp32 accumulator for them (still x_dbl's columns), which the scan then reads without converting (see
+    ``x_proj_fp32``; where that route is closed, copies cast from the rounded product); delta is computed from dt
+    rounded to the product's dtype, as without it."""
     dt_rank = dt_proj_weight.shape[1]
     d_state = (x_proj_weight.shape[0] - dt_rank) // 2
     rows = u.transpose(1, 2)
