@@ -147,11 +147,10 @@ def test_stacked_inference_path_on_both_backends(fused_proj, monkeypatch):
         assert (logits - want).abs().max() / want.abs().max() < 3e-2, key
 
 
-def test_mixer_with_fp32_states_matches_16_bit_states(monkeypatch):
-    """With B and C handed to the Triton scan in fp32 (SCAN_STATES_FP32_MIN_LENGTH) under bf16 autocast, the scan
-    reads 16-bit u and delta beside fp32 states. On the CPU they come from a cast of the bf16 product (the fp32
-    accumulator route needs CUDA), exact, and the kernel computes in fp32 either way: outputs and gradients equal
-    those with 16-bit states, bit for bit, with autograd and on the no-grad path."""
+def _mixer_under_autocast(monkeypatch, configs):
+    """A small mixer's bf16-autocast runs, one per (backend, SCAN_STATES_FP32_MIN_LENGTH) of ``configs``, each
+    with autograd and once without (per branch, not side by side): {config: (output, no-grad output, input's
+    gradient, every parameter's gradient...)}, and the (B, C, delta) dtypes each scan call was handed."""
     import vimamba.layers.mamba_mixer as mixer_module
     import vimamba.ops
     from vimamba.layers import BiMambaMixer
@@ -165,54 +164,13 @@ def test_mixer_with_fp32_states_matches_16_bit_states(monkeypatch):
 
     monkeypatch.setattr(mixer_module, "bidirectional_selective_scan_fn", spy)
     monkeypatch.setattr(mixer_module, "ONE_IN_PROJ_MAX_ELEMENTS", 0)
-    monkeypatch.setenv("VIMAMBA_BACKEND", "triton")
     torch.manual_seed(0)
     mixer = BiMambaMixer(16, d_state=4)
     hidden = torch.randn(2, 9, 16)
     results = {}
-    for rule in (9, None):
-        monkeypatch.setattr(vimamba.ops, "SCAN_STATES_FP32_MIN_LENGTH", rule)
-        mixer.zero_grad(set_to_none=True)
-        x = hidden.clone().requires_grad_(True)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            out = mixer(x)
-            with torch.no_grad():
-                plain = mixer(hidden)
-        out.float().square().sum().backward()
-        results[rule] = (out, plain, x.grad, *(p.grad for p in mixer.parameters()))
-    fp32, bf16 = torch.float32, torch.bfloat16
-    assert seen == [(fp32, fp32, bf16)] * 2 + [(bf16, bf16, bf16)] * 2
-    for got, want in zip(results[9], results[None]):
-        assert torch.equal(got, want)
-
-
-def test_mixer_with_fused_projections_and_fp32_states_close_to_reference(monkeypatch):
-    """The fused projection kernel writing fp32 B and C (its accumulator, unrounded) into the Triton scan, under
-    bf16 autocast, with and without autograd: the mixer's output and every gradient at least as close to the
-    reference backend's (16-bit B and C) as the same kernel with 16-bit B and C is. (bf16's own distance between
-    the paths reaches ~6% on dt_proj's small gradients at this size.)"""
-    import vimamba.layers.mamba_mixer as mixer_module
-    import vimamba.ops
-    from vimamba.layers import BiMambaMixer
-    from vimamba.ops import ssm_proj
-
-    seen = []
-    scan = mixer_module.bidirectional_selective_scan_fn
-
-    def spy(fwd, bwd, *args, **kwargs):
-        seen.append(fwd.B.dtype)
-        return scan(fwd, bwd, *args, **kwargs)
-
-    monkeypatch.setattr(mixer_module, "bidirectional_selective_scan_fn", spy)
-    monkeypatch.setattr(mixer_module, "ONE_IN_PROJ_MAX_ELEMENTS", 0)
-    monkeypatch.setattr(ssm_proj, "FUSED_BY_DEFAULT", True)
-    torch.manual_seed(0)
-    mixer = BiMambaMixer(16, d_state=4)
-    hidden = torch.randn(2, 9, 16)
-    results = {}
-    for backend, rule in (("triton", 9), ("triton", None), ("reference", 9)):
-        monkeypatch.setattr(vimamba.ops, "SCAN_STATES_FP32_MIN_LENGTH", rule)
+    for backend, rule in configs:
         monkeypatch.setenv("VIMAMBA_BACKEND", backend)
+        monkeypatch.setattr(vimamba.ops, "SCAN_STATES_FP32_MIN_LENGTH", rule)
         mixer.zero_grad(set_to_none=True)
         x = hidden.clone().requires_grad_(True)
         with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -221,13 +179,38 @@ def test_mixer_with_fused_projections_and_fp32_states_close_to_reference(monkeyp
                 plain = mixer(hidden)
         out.float().square().sum().backward()
         results[backend, rule] = (out.float(), plain.float(), x.grad, *(p.grad for p in mixer.parameters()))
-    assert seen == [torch.float32] * 2 + [torch.bfloat16] * 4
+    names = ["output", "no-grad output", "input"] + [n for n, _ in mixer.named_parameters()]
+    return results, seen, names
+
+
+def test_mixer_with_fp32_states_matches_16_bit_states(monkeypatch):
+    """With B and C handed to the Triton scan in fp32 (SCAN_STATES_FP32_MIN_LENGTH) under bf16 autocast, the scan
+    reads 16-bit u and delta beside fp32 states. On the CPU they come from a cast of the bf16 product (the fp32
+    accumulator route needs CUDA), exact, and the kernel computes in fp32 either way: outputs and gradients equal
+    those with 16-bit states, bit for bit, with autograd and on the no-grad path."""
+    results, seen, names = _mixer_under_autocast(monkeypatch, [("triton", 9), ("triton", None)])
+    fp32, bf16 = torch.float32, torch.bfloat16
+    assert seen == [(fp32, fp32, bf16)] * 2 + [(bf16, bf16, bf16)] * 2
+    for name, got, want in zip(names, results["triton", 9], results["triton", None]):
+        assert torch.equal(got, want), name
+
+
+def test_mixer_with_fused_projections_and_fp32_states_close_to_reference(monkeypatch):
+    """The fused projection kernel writing fp32 B and C (its accumulator, unrounded) into the Triton scan, under
+    bf16 autocast, with and without autograd: the mixer's output and every gradient at least as close to the
+    reference backend's (16-bit B and C) as the same kernel with 16-bit B and C is. (bf16's own distance between
+    the paths reaches ~6% on dt_proj's small gradients at this size.)"""
+    from vimamba.ops import ssm_proj
+
+    monkeypatch.setattr(ssm_proj, "FUSED_BY_DEFAULT", True)
+    configs = [("triton", 9), ("triton", None), ("reference", 9)]
+    results, seen, names = _mixer_under_autocast(monkeypatch, configs)
+    assert [dtypes[0] for dtypes in seen] == [torch.float32] * 2 + [torch.bfloat16] * 4
 
     def error(got, want):
         return ((got - want).norm() / want.norm()).item()
 
-    names = ["output", "no-grad output", "input"] + [n for n, _ in mixer.named_parameters()]
-    for name, fp32, bf16, want in zip(names, results["triton", 9], results["triton", None], results["reference", 9]):
+    for name, fp32, bf16, want in zip(names, *(results[c] for c in configs)):
         assert error(fp32, want) <= 1.25 * error(bf16, want) + 1e-2, name
         assert error(fp32, want) < 0.1, name
 
