@@ -158,8 +158,8 @@ def test_fused_by_default_rule(monkeypatch):
 
     from vimamba.ops import ssm_proj
 
-    capability = {"cuda:0": (9, 0), "cuda:1": (8, 0)}
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device: capability[device])
+    major = {"cuda:0": 9, "cuda:1": 8}
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: types.SimpleNamespace(major=major[device]))
     monkeypatch.setattr(ssm_proj, "FUSED_BY_DEFAULT", None)
 
     def u(numel, device="cuda:0", is_cuda=True):

@@ -26,5 +26,6 @@ def fused_by_default(u: torch.Tensor) -> bool:
     """The automatic choice for u (batch, channels, length): FUSED_BY_DEFAULT where set, else large u on Hopper."""
     if FUSED_BY_DEFAULT is not None:
         return FUSED_BY_DEFAULT
+    # (get_device_properties: torch.compile folds it to a constant; it does not fold get_device_capability)
     return (u.is_cuda and u.numel() > FUSED_ABOVE_ELEMENTS
-            and torch.cuda.get_device_capability(u.device)[0] == 9)
+            and torch.cuda.get_device_properties(u.device).major == 9)
