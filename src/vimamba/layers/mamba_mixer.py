@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..ops import (ScanInputs, bidirectional_selective_scan_fn, causal_conv1d_pair_fn,
-                   ssm_projections_fn, ssm_projections_fused)
+from ..ops import (ScanInputs, bidirectional_selective_scan_fn, causal_conv1d_pair_fn, ssm_projections_fn,
+                   ssm_projections_fused)
 
 __all__ = ["BiMambaMixer", "MixerCasts", "ProductWeightCasts"]
 
@@ -146,9 +146,8 @@ class BiMambaMixer(nn.Module):
     def _scan_inputs(self, u_f, u_b, proj_f, proj_b) -> tuple[ScanInputs, ScanInputs]:
         """Both branches' scan inputs. A_log as it is stored: the scan computes A = -exp(A_log) itself (a_log=True
         in the callers), and takes A_log, D and the bias in fp32 whatever their dtype."""
-        (delta_f, B_f, C_f), (delta_b, B_b, C_b) = proj_f, proj_b
-        return (ScanInputs(u_f, delta_f, self.A_log, B_f, C_f, self.D, self.dt_proj.bias),
-                ScanInputs(u_b, delta_b, self.A_b_log, B_b, C_b, self.D_b, self.dt_proj_b.bias))
+        return (ScanInputs(u_f, proj_f[0], self.A_log, proj_f[1], proj_f[2], self.D, self.dt_proj.bias),
+                ScanInputs(u_b, proj_b[0], self.A_b_log, proj_b[1], proj_b[2], self.D_b, self.dt_proj_b.bias))
 
     def _forward_branches(self, xz: list, weights: MixerCasts | None, grad: bool) -> torch.Tensor:
         """The two branches, each with its own products; ``xz``: [x, z], emptied here."""

@@ -404,8 +404,8 @@ def _scan_fwd_kernel(
             _prefetch(t_row + t_pf * s_tl, False)
             if HAS_Z:
                 _prefetch(z_row + t_pf * s_zl, False)
-        if BC_PREFETCH > 0:  # B's and C's rows BC_PREFETCH chunks ahead to L2, a lane per (state, step) (off, see
-            # FWD_PREFETCH)
+        if BC_PREFETCH > 0:  # B's and C's rows BC_PREFETCH chunks ahead to L2, a lane per (state, step) (see
+            # FWD_BC_PREFETCH)
             t_bc = tl.minimum(tl.maximum(t0 + sgn * (BC_PREFETCH * T) + lane_t, 0), L - 1)
             _prefetch(B_ptr + pid_b * s_Bb + lane_n * s_Bn + t_bc * s_Bl, False)
             _prefetch(C_ptr + pid_b * s_Cb + lane_n * s_Cn + t_bc * s_Cl, False)
