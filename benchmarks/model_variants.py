@@ -27,13 +27,12 @@ from _override_run import apply_settings  # noqa: E402  (benchmarks/ is this scr
 # prefetch distances and inputs two steps ahead, not; -v15: the decays a step early, 12% slower, removed; v16: the
 # fused projections, then the default for large inputs on Hopper). Session 13 (-h100-v17): two channels a thread
 # in the forward scan (the tile {"fwd": [1, 16, 2, 1, 1, 32, 1, False]}: 0.873x, with 2 warps 0.906x; Vim-S
-# 0.877x), not adopted. Standing here: the defaults against cuBLAS's projections, the 16-bit B/C of before and
-# the convs outside the projection kernel.
+# 0.877x), not adopted; the convs inside the projection kernel (-h200-v18: 0.839x, removed; the kernel is in commit
+# dd976f0). Standing here: the defaults against cuBLAS's projections and the 16-bit B/C of before.
 VARIANTS = {
     "defaults": {},
     "cuBLAS projections": {"vimamba.ops.ssm_proj:FUSED_BY_DEFAULT": False},
     "B/C in 16 bits": {"vimamba.ops:SCAN_STATES_FP32_MIN_LENGTH": None},
-    "convs apart from the projections": {"vimamba.ops.ssm_proj:CONV_IN_PROJECTIONS": False},
 }
 
 

@@ -142,21 +142,16 @@ def test_product_weight_casts_match_autocasts_own(monkeypatch, stacked):
     assert torch.equal(captured, want) if not stacked else _relative_error(captured, want) < 2e-2
 
 
-@pytest.mark.parametrize("fp32_states, conv_in_proj", [(False, False), (True, False), (True, True)],
-                         ids=["plain", "fp32-states-autocast", "conv-in-proj-autocast"])
-def test_whole_model_torch_compile(monkeypatch, fp32_states, conv_in_proj):
+@pytest.mark.parametrize("fp32_states", [False, True], ids=["plain", "fp32-states-autocast"])
+def test_whole_model_torch_compile(monkeypatch, fp32_states):
     """One graph for a whole Vim; also under autocast with B and C from x_proj's fp32 accumulator (torch.mm's
-    out_dtype, taken at 1,024 tokens and more: lowered here to the 224 model's 197), and with the convs inside the
-    fused projection kernel (the default for large inputs on Hopper: forced here)."""
+    out_dtype, taken at 1,024 tokens and more: lowered here to the 224 model's 197)."""
     import contextlib
 
     model = _vim_tiny_cuda(monkeypatch)
     if fp32_states:
         monkeypatch.setattr("vimamba.ops.SCAN_STATES_FP32_MIN_LENGTH", 1)
         monkeypatch.setattr("vimamba.layers.mamba_mixer.ONE_IN_PROJ_MAX_ELEMENTS", 0)
-    if conv_in_proj:
-        monkeypatch.setattr("vimamba.ops.ssm_proj.FUSED_BY_DEFAULT", True)
-        monkeypatch.setattr("vimamba.ops.ssm_proj.CONV_IN_PROJECTIONS", True)
     images = torch.randn(8, 3, 224, 224, device="cuda")
     compiled = torch.compile(model, fullgraph=True)
     cast = torch.autocast("cuda", dtype=torch.bfloat16) if fp32_states else contextlib.nullcontext()
@@ -247,28 +242,3 @@ def test_fp32_scan_states_close_to_16_bit_ones(grad, monkeypatch):
     assert _relative_error(got, want) < max(5e-2, 1.5 * _relative_error(base, want))
     if grad:
         assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
-
-
-def test_conv_in_projections_at_1248(monkeypatch):
-    """Vim-Ti 1248 inference as the bench runs it (bf16 autocast, no grad; on Hopper the fused projections with
-    the convs inside them): logits as with the convs apart, up to bf16's rounding, and both as close to the fp32
-    model."""
-    import timm
-
-    import vimamba  # noqa: F401
-    from vimamba.ops import ssm_proj
-
-    monkeypatch.setenv("VIMAMBA_BACKEND", "triton")
-    monkeypatch.setattr(ssm_proj, "FUSED_BY_DEFAULT", True)
-    torch.manual_seed(0)
-    model = timm.create_model("vim_tiny_patch16_224", img_size=1248).cuda().eval()
-    images = torch.randn(4, 3, 1248, 1248, device="cuda")
-    with torch.no_grad():
-        want = model(images)
-        got = {}
-        for inside in (True, False):
-            monkeypatch.setattr(ssm_proj, "CONV_IN_PROJECTIONS", inside)
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                got[inside] = model(images).float()
-    assert _relative_error(got[True], got[False]) < 2e-2
-    assert _relative_error(got[True], want) < 5e-2 and _relative_error(got[False], want) < 5e-2

@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..ops import (ScanInputs, bidirectional_selective_scan_fn, causal_conv1d_pair_fn, conv_ssm_projections_fn,
-                   conv_ssm_projections_fused, ssm_projections_fn, ssm_projections_fused)
+from ..ops import (ScanInputs, bidirectional_selective_scan_fn, causal_conv1d_pair_fn, ssm_projections_fn,
+                   ssm_projections_fused)
 
 __all__ = ["BiMambaMixer", "MixerCasts", "ProductWeightCasts"]
 
@@ -92,12 +92,9 @@ class BiMambaMixer(nn.Module):
         the end of the sequence instead of on a flipped copy, so everything stays in token order. On the Triton
         path the two come from one pass over x, and so do their gradients. ``stacked``: side by side in one
         tensor (batch, 2 * d_inner, length)."""
-        return causal_conv1d_pair_fn(x, *self._conv_weights(), activation="silu", stacked=stacked)
-
-    def _conv_weights(self) -> tuple:
-        """(weight, bias) of the forward branch's conv, then of the backward branch's, as the conv ops take them."""
-        return (self.conv1d.weight.squeeze(1), self.conv1d.bias, self.conv1d_b.weight.squeeze(1),
-                self.conv1d_b.bias)
+        return causal_conv1d_pair_fn(x, self.conv1d.weight.squeeze(1), self.conv1d.bias,
+                                     self.conv1d_b.weight.squeeze(1), self.conv1d_b.bias, activation="silu",
+                                     stacked=stacked)
 
     def product_weights(self) -> list[torch.Tensor]:
         """The weights of the mixer's matrix products, in the order ``ProductWeightCasts`` casts them: in_proj,
@@ -140,15 +137,11 @@ class BiMambaMixer(nn.Module):
     def _projections(self, u_f, u_b, weights: MixerCasts | None):
         """Each branch's input-dependent (delta, B, C): x_proj, then dt_proj (with the fused kernel, one launch for
         both branches' four products), with the cast weights where given."""
-        wx, wdt, wx_b, wdt_b = self._projection_weights(weights)
-        return ssm_projections_fn(u_f, wx, wdt, second=(u_b, wx_b, wdt_b))
-
-    def _projection_weights(self, weights: MixerCasts | None) -> tuple:
-        """(x_proj, dt_proj) weights of the forward branch, then of the backward one: the cast ones where given."""
         if weights is None:
-            return self.x_proj.weight, self.dt_proj.weight, self.x_proj_b.weight, self.dt_proj_b.weight
+            return ssm_projections_fn(u_f, self.x_proj.weight, self.dt_proj.weight,
+                                      second=(u_b, self.x_proj_b.weight, self.dt_proj_b.weight))
         wx, wdt = weights.x_proj, weights.dt_proj
-        return wx[0], wdt[0], wx[1], wdt[1]
+        return ssm_projections_fn(u_f, wx[0], wdt[0], second=(u_b, wx[1], wdt[1]))
 
     def _scan_inputs(self, u_f, u_b, proj_f, proj_b) -> tuple[ScanInputs, ScanInputs]:
         """Both branches' scan inputs. A_log as it is stored: the scan computes A = -exp(A_log) itself (a_log=True
@@ -159,14 +152,9 @@ class BiMambaMixer(nn.Module):
     def _forward_branches(self, xz: list, weights: MixerCasts | None, grad: bool) -> torch.Tensor:
         """The two branches, each with its own products; ``xz``: [x, z], emptied here."""
         z = xz.pop()
-        proj_w = self._projection_weights(weights)
-        if conv_ssm_projections_fused(xz[0], proj_w[0], proj_w[1]):  # (inference on large inputs)
-            u_f, u_b, proj_f, proj_b = conv_ssm_projections_fn(xz.pop(), self._conv_weights(), proj_w)
-        else:  # x is freed as soon as the convs have read it
-            u_f, u_b = self._convs(xz.pop())
-            proj_f, proj_b = ssm_projections_fn(u_f, proj_w[0], proj_w[1], second=(u_b, *proj_w[2:]))
-        fwd, bwd = self._scan_inputs(u_f, u_b, proj_f, proj_b)
-        del u_f, u_b, proj_f, proj_b
+        u_f, u_b = self._convs(xz.pop())
+        fwd, bwd = self._scan_inputs(u_f, u_b, *self._projections(u_f, u_b, weights))
+        del u_f, u_b
         # Both scans in one launch; without autograd each writes its output over its own u (no new tensors).
         y_f, y_b = bidirectional_selective_scan_fn(fwd, bwd, z, delta_softplus=True,
                                                    out=None if grad else (fwd.u, bwd.u), a_log=True)

@@ -26,8 +26,6 @@ __all__ = [
     "causal_conv1d_fn",
     "causal_conv1d_pair_fn",
     "causal_conv1d_ref",
-    "conv_ssm_projections_fn",
-    "conv_ssm_projections_fused",
     "resolve_backend",
     "rms_norm_ref",
     "bidirectional_selective_scan_fn",
@@ -238,41 +236,3 @@ def ssm_projections_fn(
 
     return ssm_projections_triton(u, x_proj_weight, dt_proj_weight, second,
                                   states_fp32=_scan_states_fp32(u, backend))
-
-
-def conv_ssm_projections_fused(x: torch.Tensor, x_proj_weight: torch.Tensor | None = None,
-                               dt_proj_weight: torch.Tensor | None = None, *, backend: str | None = None) -> bool:
-    """Whether ``conv_ssm_projections_fn`` takes its one-launch kernel here: where ``ssm_projections_fn`` would
-    take the fused projection kernel for the convs' output (same shape and dtype as x), nothing needs gradients
-    (the kernel has no backward) and ``ssm_proj.CONV_IN_PROJECTIONS`` is on."""
-    if not ssm_proj.CONV_IN_PROJECTIONS or not ssm_projections_fused(x, x_proj_weight, dt_proj_weight,
-                                                                     backend=backend):
-        return False
-    return not (torch.is_grad_enabled() and (x.requires_grad or any(
-        w is not None and w.requires_grad for w in (x_proj_weight, dt_proj_weight))))
-
-
-def conv_ssm_projections_fn(
-    x: torch.Tensor,
-    conv: tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor | None],
-    proj: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
-    activation: str | None = "silu",
-    *,
-    backend: str | None = None,
-):
-    """Vim's two convs of x and both directions' scan projections: ``causal_conv1d_pair_fn(x, *conv, activation)``
-    gives (u_f, u_b), then ``ssm_projections_fn(u_f, proj[0], proj[1], second=(u_b, proj[2], proj[3]))`` the two
-    (delta, B, C) triples. Returns ``(u_f, u_b, (delta_f, B_f, C_f), (delta_b, B_b, C_b))``.
-
-    ``conv``: (weight, bias, weight_rev, bias_rev) of the causal and the anti-causal conv, weights (dim, width);
-    ``proj``: (x_proj_weight, dt_proj_weight) of the forward direction, then of the backward one. Where
-    ``conv_ssm_projections_fused`` says so (inference on the fused projections' terms), one Triton kernel does
-    it all and the convs' output never travels back from memory to the products; otherwise (autograd, the
-    CPU, the reference backend) the two calls above run."""
-    if conv_ssm_projections_fused(x, proj[0], proj[1], backend=backend):
-        from .ssm_proj.triton_conv_proj import conv_ssm_projections_triton
-
-        return conv_ssm_projections_triton(x, conv, proj, activation, states_fp32=_scan_states_fp32(x, backend))
-    u_f, u_b = causal_conv1d_pair_fn(x, *conv, activation, backend=backend)
-    proj_f, proj_b = ssm_projections_fn(u_f, proj[0], proj[1], second=(u_b, proj[2], proj[3]), backend=backend)
-    return u_f, u_b, proj_f, proj_b

@@ -4,7 +4,7 @@ import torch
 
 from .reference import ssm_projections_ref
 
-__all__ = ["CONV_IN_PROJECTIONS", "FUSED_ABOVE_ELEMENTS", "FUSED_BY_DEFAULT", "fused_by_default", "ssm_projections_ref"]
+__all__ = ["FUSED_ABOVE_ELEMENTS", "FUSED_BY_DEFAULT", "fused_by_default", "ssm_projections_ref"]
 
 # Whether the Triton backend's automatic choice (``backend=None``: auto or VIMAMBA_BACKEND) takes the fused
 # projection kernel; ``backend="triton"`` always does. ``VIMAMBA_FUSED_PROJ=1`` / ``=0`` in the environment at
@@ -29,11 +29,3 @@ def fused_by_default(u: torch.Tensor) -> bool:
     # (get_device_properties: torch.compile folds it to a constant; it does not fold get_device_capability)
     return (u.is_cuda and u.numel() > FUSED_ABOVE_ELEMENTS
             and torch.cuda.get_device_properties(u.device).major == 9)
-
-
-# Where the fused projection kernel runs without autograd, whether the convs that feed it run inside it too
-# (``vimamba.ops.conv_ssm_projections_fn``: one launch, the convs' output written for the scan but not read back).
-# Off unless ``VIMAMBA_CONV_IN_PROJ=1`` in the environment at import (True here): inside a Vim-Ti 1248 batch-64
-# forward the autotuned kernel took 39.1 ms where the conv pair and the projection kernel take 19.0 (H200,
-# model_variants-h100-v18; benchmarks/conv_proj_sweep.py times its settings).
-CONV_IN_PROJECTIONS: bool = os.environ.get("VIMAMBA_CONV_IN_PROJ", "0").strip() == "1"
