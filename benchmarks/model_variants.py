@@ -33,6 +33,15 @@ VARIANTS = {
     "defaults": {},
     "cuBLAS projections": {"vimamba.ops.ssm_proj:FUSED_BY_DEFAULT": False},
     "B/C in 16 bits": {"vimamba.ops:SCAN_STATES_FP32_MIN_LENGTH": None},
+    # the forward scan's per-step latency (FWD_Y_TREE, FWD_SOFTPLUS_ESTRIN in triton_scan.py)
+    "states summed as a tree": {"y_tree": True},
+    "softplus by Estrin": {"softplus_estrin": True},
+    "tree and Estrin": {"y_tree": True, "softplus_estrin": True},
+    # two lanes a channel (8 states each, the sum over them a shuffle): twice the warps where the grid sets 2.7 a
+    # scheduler; two chunks in flight, no touch, as the rule gives two lanes on long sequences
+    "two lanes a channel": {"fwd": [1, 8, 1, 1, 2, 16, 2, False]},
+    # one in_proj product and the branches side by side at every size (peak memory up by x's buffer)
+    "stacked branches at all sizes": {"vimamba.layers.mamba_mixer:ONE_IN_PROJ_MAX_ELEMENTS": 1 << 40},
 }
 
 
