@@ -28,20 +28,15 @@ from _override_run import apply_settings  # noqa: E402  (benchmarks/ is this scr
 # fused projections, then the default for large inputs on Hopper). Session 13 (-h100-v17): two channels a thread
 # in the forward scan (the tile {"fwd": [1, 16, 2, 1, 1, 32, 1, False]}: 0.873x, with 2 warps 0.906x; Vim-S
 # 0.877x), not adopted; the convs inside the projection kernel (-h200-v18: 0.839x, removed; the kernel is in commit
-# dd976f0). Standing here: the defaults against cuBLAS's projections and the 16-bit B/C of before.
+# dd976f0); -h200-v20: the sum over states as four chains (0.988x, Vim-S 0.972x), softplus's polynomial by Estrin's
+# scheme (1.000x / 0.976x), both (0.970x / 0.971x; commit aa8aa3d has them), two lanes a channel ({"fwd": [1, 8,
+# 1, 1, 2, 16, 2, False]}: 0.749x / 0.754x), one in_proj product and the stacked branches at every size
+# ({"vimamba.layers.mamba_mixer:ONE_IN_PROJ_MAX_ELEMENTS": 1 << 40}: 1.025x / 0.995x): none adopted. Standing
+# here: the defaults against cuBLAS's projections and the 16-bit B/C of before.
 VARIANTS = {
     "defaults": {},
     "cuBLAS projections": {"vimamba.ops.ssm_proj:FUSED_BY_DEFAULT": False},
     "B/C in 16 bits": {"vimamba.ops:SCAN_STATES_FP32_MIN_LENGTH": None},
-    # the forward scan's per-step latency (FWD_Y_TREE, FWD_SOFTPLUS_ESTRIN in triton_scan.py)
-    "states summed as a tree": {"y_tree": True},
-    "softplus by Estrin": {"softplus_estrin": True},
-    "tree and Estrin": {"y_tree": True, "softplus_estrin": True},
-    # two lanes a channel (8 states each, the sum over them a shuffle): twice the warps where the grid sets 2.7 a
-    # scheduler; two chunks in flight, no touch, as the rule gives two lanes on long sequences
-    "two lanes a channel": {"fwd": [1, 8, 1, 1, 2, 16, 2, False]},
-    # one in_proj product and the branches side by side at every size (peak memory up by x's buffer)
-    "stacked branches at all sizes": {"vimamba.layers.mamba_mixer:ONE_IN_PROJ_MAX_ELEMENTS": 1 << 40},
 }
 
 

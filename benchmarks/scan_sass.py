@@ -32,7 +32,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "src"))
 # --bc-dtype fp32)
 FWD_FLAGS = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, HAS_ADD=False, SOFTPLUS=True, REVERSE=False,
                  STORE_HS=False, STORE_LAST=False, HS_EVERY=1, EVEN_D=True, EVEN_N=True, PAD=False, AHEAD=1,
-                 VEC=True, BIDIR=True, TOUCH=False, A_LOG=True, PASS=0, PREFETCH=8, BC_PREFETCH=8, Y_TREE=False, SP_ESTRIN=False)
+                 VEC=True, BIDIR=True, TOUCH=False, A_LOG=True, PASS=0, PREFETCH=8, BC_PREFETCH=8)
 BWD_FLAGS = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, REVERSE=False, HAS_DLAST=False,
                  ATOMIC_BC=False, EVEN_D=True, EVEN_N=True, PAD=True, TA=4, BIDIR=True, A_LOG=True, BC_PREFETCH=False)
 TILE_NAMES = {"fwd": ("T", "NR", "DR", "W", "NL", "DL"), "bwd": ("T", "NR", "DR", "W", "NL", "DL", "K")}

@@ -98,31 +98,20 @@ _sum_comb = tl.standard._sum_combine if HAS_TRITON else None
 # a contiguous axis and lays the tile out along it, which puts the recurrence across lanes.
 # ----------------------------------------------------------------------------------------------------------
 
-def _softplus_impl(x, ESTRIN: tl.constexpr = False):
+def _softplus_impl(x):
     # softplus(x) = max(x, 0) + log1p(e), e = exp(-|x|) in (0, 1]. log1p(e) = e * q(e), q a degree-8 polynomial
     # fitted for relative error on [0, 1] (2e-7 in fp32, so exact for tiny e): one exp2 and nine FMAs where
     # libdevice's log and a division cost ~45 instructions per (channel, step). Above x = 20 the added term is
-    # below x's rounding, which is torch's threshold. ESTRIN: q evaluated by Estrin's scheme (powers e^2, e^4,
-    # e^8 and independent pairs) instead of Horner's chain of eight dependent FMAs: three more instructions, half
-    # the latency on the forward scan's per-step path from delta to the decays.
+    # below x's rounding, which is torch's threshold.
     e = tl.exp2(-tl.abs(x) * 1.4426950408889634)
-    if ESTRIN:
-        e2 = e * e
-        e4 = e2 * e2
-        q01 = 0.9999999698800918 - 0.49999493147180263 * e
-        q23 = 0.3331909694664038 - 0.24842983315937145 * e
-        q45 = 0.19106011057354272 - 0.1366325490125295 * e
-        q67 = 0.07822605890596245 - 0.029505304328954454 * e
-        q = (q01 + q23 * e2) + (q45 + q67 * e2) * e4 + 0.005232710584966079 * (e4 * e4)
-    else:
-        q = 0.005232710584966079 * e - 0.029505304328954454
-        q = q * e + 0.07822605890596245
-        q = q * e - 0.1366325490125295
-        q = q * e + 0.19106011057354272
-        q = q * e - 0.24842983315937145
-        q = q * e + 0.3331909694664038
-        q = q * e - 0.49999493147180263
-        q = q * e + 0.9999999698800918
+    q = 0.005232710584966079 * e - 0.029505304328954454
+    q = q * e + 0.07822605890596245
+    q = q * e - 0.1366325490125295
+    q = q * e + 0.19106011057354272
+    q = q * e - 0.24842983315937145
+    q = q * e + 0.3331909694664038
+    q = q * e - 0.49999493147180263
+    q = q * e + 0.9999999698800918
     return tl.maximum(x, 0.0) + e * q
 
 
@@ -205,8 +194,7 @@ def _scan_fwd_kernel(
     EVEN_D: tl.constexpr, EVEN_N: tl.constexpr, PAD: tl.constexpr,
     T: tl.constexpr, NR: tl.constexpr, DR: tl.constexpr, W: tl.constexpr, NL: tl.constexpr, DL: tl.constexpr,
     AHEAD: tl.constexpr, VEC: tl.constexpr, BIDIR: tl.constexpr, TOUCH: tl.constexpr, A_LOG: tl.constexpr,
-    PASS: tl.constexpr = 0, PREFETCH: tl.constexpr = 0, BC_PREFETCH: tl.constexpr = 0, Y_TREE: tl.constexpr = False,
-    SP_ESTRIN: tl.constexpr = False,
+    PASS: tl.constexpr = 0, PREFETCH: tl.constexpr = 0, BC_PREFETCH: tl.constexpr = 0,
 ):
     # PASS 0: the whole sequence per program. Split in time (short of rows to fill the GPU: small batches at
     # high resolution), grid axis 1 runs over (batch element, segment of seg_chunks chunks): PASS 1 scans
@@ -426,7 +414,7 @@ def _scan_fwd_kernel(
         if HAS_BIAS:
             dt = dt + bias
         if SOFTPLUS:
-            dt = _softplus(dt, SP_ESTRIN)
+            dt = _softplus(dt)
         if PAD:
             dt = tl.where(m_t, dt, 0.0)  # padded steps: decay 1, input 0, the identity of the scan
         du = dt * u
@@ -454,12 +442,7 @@ def _scan_fwd_kernel(
             h = tl.exp2(dt_j * A2) * h + du_j * B_j
             if PASS != 1:
                 C_j = _load_states(C_p + e_j * s_Cl, m_n, VEC)
-                if Y_TREE:
-                    p = tl.reshape(h * C_j, [1, 4, NR // 4, DR, W, NL, DL])
-                    y_j = tl.reduce(tl.reduce(p, 2, _sum_comb), 1, _sum_comb, keep_dims=True)
-                else:
-                    y_j = tl.reduce(h * C_j, 1, _sum_comb, keep_dims=True)
-                y_j = tl.reduce(y_j, 4, _sum_comb, keep_dims=True)
+                y_j = tl.reduce(tl.reduce(h * C_j, 1, _sum_comb, keep_dims=True), 4, _sum_comb, keep_dims=True)
                 y = tl.where(it == j, y_j, y)
         if PASS != 1:
             if HAS_D:
@@ -831,14 +814,6 @@ FWD_PREFETCH = 8
 FWD_BC_PREFETCH = 8
 FWD_PREFETCH_MIN_LENGTH = 1024
 
-# The forward's per-step latency (ncu of the model's 1248 launch, v13: 27% of the stall samples fixed-latency
-# waits at 2.7 warps per scheduler): FWD_Y_TREE sums C h over the states as four chains of four and then the
-# four partial sums (177 instructions a step against 174, offline sm_90; the chain 64 -> ~28 cycles), where the
-# plain reduction is one chain of sixteen FMAs; FWD_SOFTPLUS_ESTRIN evaluates softplus's polynomial by Estrin's
-# scheme (see _softplus_impl). _CONFIG_OVERRIDE["y_tree"] / ["softplus_estrin"] replace them.
-FWD_Y_TREE = False
-FWD_SOFTPLUS_ESTRIN = False
-
 # The backward's register cap (see _launch_bwd)
 _BWD_REGISTERS = 168
 
@@ -1023,8 +998,6 @@ def _launch_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, want_las
         HS_EVERY=seg // T, EVEN_D=dim % (DR * W * DL) == 0, EVEN_N=nstate == NR * NL, PAD=length % T != 0,
         T=T, NR=NR, DR=DR, W=W, NL=NL, DL=DL, AHEAD=ahead, VEC=vec, BIDIR=second is not None, TOUCH=touch,
         A_LOG=bool(a_log), PREFETCH=prefetch, BC_PREFETCH=bc_prefetch,
-        Y_TREE=NR >= 4 and bool(_override("y_tree", FWD_Y_TREE)),
-        SP_ESTRIN=bool(_override("softplus_estrin", FWD_SOFTPLUS_ESTRIN)),
         num_warps=W, **regs,
     )
     first = (u, delta, A, B, C, D if D is not None else A, zz, delta_bias if delta_bias is not None else A, aa)
