@@ -37,6 +37,12 @@ VARIANTS = {
     "defaults": {},
     "cuBLAS projections": {"vimamba.ops.ssm_proj:FUSED_BY_DEFAULT": False},
     "B/C in 16 bits": {"vimamba.ops:SCAN_STATES_FP32_MIN_LENGTH": None},
+    # two steps a chunk at one lane a channel, now that Triton 3.6 keeps the step axis inside the thread there
+    # (the forward's u/delta/z/output pointers declared contiguous along the lanes): 343 instructions for two
+    # steps (519 before, 70 MUFU where 38 are due); a longer loop body for ptxas to overlap a step's exps with
+    # the other's chain. Not timed yet (session 13 had no device time left)
+    "two steps a chunk": {"fwd": [2, 16, 1, 1, 1, 32, 1, False]},
+    "two steps a chunk, two chunks ahead": {"fwd": [2, 16, 1, 1, 1, 32, 2, False]},
 }
 
 

@@ -115,7 +115,7 @@ def _softplus_impl(x):
     return tl.maximum(x, 0.0) + e * q
 
 
-def _lane_ptr_impl(base, offset, NL: tl.constexpr, DL: tl.constexpr):
+def _lane_ptr_impl(base, offset, NL: tl.constexpr, DL: tl.constexpr, HINT: tl.constexpr = True):
     # base + offset (a 6-D tile of pointers), declared contiguous along the lane axes NL, DL and aligned to one
     # element. Triton's coalescing pass lays out each load and store along its pointers' most contiguous
     # axes, ties broken by axis position: Triton 3.8 takes the last axes (the lanes, as the kernels intend),
@@ -123,7 +123,9 @@ def _lane_ptr_impl(base, offset, NL: tl.constexpr, DL: tl.constexpr):
     # shared memory and twice the shuffles (ncu on the H100, NOTES_triton.md run 13). Declared contiguous, the
     # lane axes win in both; the one-element alignment keeps every access scalar, as it was, so the claim is
     # never used to widen a load. (The hints attach to the op that makes the pointers, hence the addition in
-    # here: a hint on a helper's argument is lost.)
+    # here: a hint on a helper's argument is lost.) HINT False: plain base + offset.
+    if not HINT:
+        return base + offset
     return tl.max_contiguous(tl.multiple_of(base + offset, [1, 1, 1, 1, 1, 1]), [1, 1, 1, 1, NL, DL])
 
 
@@ -277,16 +279,22 @@ def _scan_fwd_kernel(
     c_lo = seg * seg_chunks
     n_mine = tl.minimum(seg_chunks, n_chunks - c_lo)  # this segment's chunks (all of them when not split)
     c = c_lo + rev * (n_mine - 1)
-    o_p = out_ptr + pid_b * s_ob + d_x * s_od + (c * T) * s_ol + it_t * s_ol
+    # With several steps a chunk, the per-(channel, step) pointers are declared contiguous along the lanes where
+    # they are made and at every step (the loop-carried pointer's layout follows both): Triton 3.6 otherwise
+    # spread the step axis over lanes, which at one lane a channel computed every state twice (519 instead of 343
+    # instructions for two steps, offline sm_90) and at four lanes cost 287 instead of 221 (the rule's tile for
+    # small batches). One step a chunk compiles as before (run 16 of NOTES_triton.md).
+    MANY: tl.constexpr = T > 1
+    o_p = _lane_ptr(out_ptr, pid_b * s_ob + d_x * s_od + (c * T) * s_ol + it_t * s_ol, NL, DL, MANY)
     B_p = B_ptr + pid_b * s_Bb + B_off + (c * T) * s_Bl
     C_p = C_ptr + pid_b * s_Cb + C_off + (c * T) * s_Cl
     u_row = u_ptr + pid_b * s_ub + d_x * s_ud
     t_row = dt_ptr + pid_b * s_tb + d_x * s_td
     z_row = z_ptr + pid_b * s_zb + d_x * s_zd
-    u_f = u_row + (c * T) * s_ul + it_t * s_ul
-    t_f = t_row + (c * T) * s_tl + it_t * s_tl
-    z_f = z_row + (c * T) * s_zl + it_t * s_zl
-    a_f = add_ptr + pid_b * s_ab + d_x * s_ad + (c * T) * s_al + it_t * s_al
+    u_f = _lane_ptr(u_row, (c * T) * s_ul + it_t * s_ul, NL, DL, MANY)
+    t_f = _lane_ptr(t_row, (c * T) * s_tl + it_t * s_tl, NL, DL, MANY)
+    z_f = _lane_ptr(z_row, (c * T) * s_zl + it_t * s_zl, NL, DL, MANY)
+    a_f = _lane_ptr(add_ptr, pid_b * s_ab + d_x * s_ad + (c * T) * s_al + it_t * s_al, NL, DL, MANY)
     # one (step of a chunk, state) per lane, for the touch and the B/C prefetch (a row's states over the lanes)
     lane_t = idl % T
     lane_n = (idl // T) % nstate
@@ -315,10 +323,10 @@ def _scan_fwd_kernel(
         z_n = tl.load(z_f, mask=m_f, other=0.0)
     if HAS_ADD:
         a_n = tl.load(a_f, mask=m_f, other=0.0)
-    u_f += step_u
-    t_f += step_t
-    z_f += step_z
-    a_f += step_a
+    u_f = _lane_ptr(u_f, step_u, NL, DL, MANY)
+    t_f = _lane_ptr(t_f, step_t, NL, DL, MANY)
+    z_f = _lane_ptr(z_f, step_z, NL, DL, MANY)
+    a_f = _lane_ptr(a_f, step_a, NL, DL, MANY)
     if AHEAD == 2:  # a second chunk in flight: twice the bytes in flight at the same code size
         t_far = (c + sgn) * T
         m_f = m_d & (t_far >= 0) & (t_far < L)
@@ -330,10 +338,10 @@ def _scan_fwd_kernel(
             z_nn = tl.load(z_f, mask=m_f, other=0.0)
         if HAS_ADD:
             a_nn = tl.load(a_f, mask=m_f, other=0.0)
-        u_f += step_u
-        t_f += step_t
-        z_f += step_z
-        a_f += step_a
+        u_f = _lane_ptr(u_f, step_u, NL, DL, MANY)
+        t_f = _lane_ptr(t_f, step_t, NL, DL, MANY)
+        z_f = _lane_ptr(z_f, step_z, NL, DL, MANY)
+        a_f = _lane_ptr(a_f, step_a, NL, DL, MANY)
     if TOUCH:
         tB_f += AHEAD * step_B
         tC_f += AHEAD * step_C
@@ -394,10 +402,10 @@ def _scan_fwd_kernel(
             touch += tl.load(tC_f, mask=m_tf, other=0.0).to(tl.float32)
             tB_f += step_B
             tC_f += step_C
-        u_f += step_u
-        t_f += step_t
-        z_f += step_z
-        a_f += step_a
+        u_f = _lane_ptr(u_f, step_u, NL, DL, MANY)
+        t_f = _lane_ptr(t_f, step_t, NL, DL, MANY)
+        z_f = _lane_ptr(z_f, step_z, NL, DL, MANY)
+        a_f = _lane_ptr(a_f, step_a, NL, DL, MANY)
         if PREFETCH > 0:  # u, delta (and z) PREFETCH chunks ahead to L2: a hint with no register to wait on
             t_pf = tl.minimum(tl.maximum(t0 + sgn * (PREFETCH * T) + it_t, 0), L - 1)
             _prefetch(u_row + t_pf * s_ul, False)
@@ -453,7 +461,7 @@ def _scan_fwd_kernel(
             if HAS_ADD:  # Vim's two branches summed here, before the one rounding, not in another pass
                 y = y + addv
             tl.store(o_p, y.to(out_ptr.dtype.element_ty), mask=m_dt)
-        o_p += step_o
+        o_p = _lane_ptr(o_p, step_o, NL, DL, MANY)
         B_p += step_B
         C_p += step_C
         c = c + sgn
