@@ -34,11 +34,14 @@ def ssm_projections_ref(u: torch.Tensor, x_proj_weight: torch.Tensor, dt_proj_we
     dt_rank = dt_proj_weight.shape[1]
     d_state = (x_proj_weight.shape[0] - dt_rank) // 2
     rows = u.transpose(1, 2)
-    accumulator = x_proj_fp32(rows, x_proj_weight) if states_dtype == torch.float32 else None
+    accumulator = None
+    if states_dtype == torch.float32:
+        product = _product_dtype(rows, x_proj_weight)
+        accumulator = x_proj_fp32(rows, x_proj_weight, dtype=product)
     x_dbl = F.linear(rows, x_proj_weight) if accumulator is None else accumulator
     dt, B, C = x_dbl.split([dt_rank, d_state, d_state], dim=-1)
     if accumulator is not None:  # dt rounded as the 16-bit product would have rounded it
-        dt = dt.to(_product_dtype(rows, x_proj_weight))
+        dt = dt.to(product)
     delta = F.linear(dt, dt_proj_weight).transpose(1, 2)
     B, C = B.transpose(1, 2), C.transpose(1, 2)
     if states_dtype is not None and B.dtype != states_dtype:
@@ -53,12 +56,14 @@ def _product_dtype(rows: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
     return torch.promote_types(rows.dtype, weight.dtype)
 
 
-def x_proj_fp32(rows: torch.Tensor, weight: torch.Tensor) -> torch.Tensor | None:
+def x_proj_fp32(rows: torch.Tensor, weight: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor | None:
     """``F.linear(rows, weight)`` of a 16-bit product (autocast's dtype, or the inputs' own) with its fp32
     accumulator written out instead of the rounded result: one cuBLAS call (``torch.mm``'s ``out_dtype``), no
     extra pass. Only where nothing needs its gradient (that overload has no derivative) and on CUDA (it has no
-    CPU kernel); None otherwise, and where this torch lacks the overload."""
-    dtype = _product_dtype(rows, weight)
+    CPU kernel); None otherwise, and where this torch lacks the overload. ``dtype``: the product's dtype where the
+    caller has it already (``_product_dtype``'s answer)."""
+    if dtype is None:
+        dtype = _product_dtype(rows, weight)
     if (not _MM_OUT_DTYPE or dtype not in (torch.float16, torch.bfloat16) or not rows.is_cuda or
             (torch.is_grad_enabled() and (rows.requires_grad or weight.requires_grad))):
         return None
