@@ -699,6 +699,28 @@ def test_bidir_full_size_gpu(dtype):
 
 @pytest.mark.gpu
 @gpu
+@pytest.mark.parametrize("batch, length", [(4, 6085), (16, 197)], ids=["1248-b4", "224-b16"])
+def test_multi_step_rule_tiles_gpu(batch, length, monkeypatch):
+    """A single scan at small batches, where the rule takes two steps a chunk over several lanes a channel; the
+    per-step pointers are declared contiguous along the lanes there (without that Triton 3.6 spread the step axis
+    over lanes). Unsplit in time: the split would give the long sequence's segments one lane a channel."""
+    monkeypatch.setattr(triton_scan, "SPLIT_IN_TIME", False)
+    rows = batch * 384 / triton_scan.num_sms(torch.device("cuda"))
+    assert triton_scan._config("fwd", 384, 16, length, False, rows)[0] == 2
+    _compare(batch, 384, 16, length, torch.bfloat16, dict(FLAGS_FULL, reverse=True), ALL, time_major=True,
+             seed=14, ref_batch=4)
+
+
+@pytest.mark.gpu
+@gpu
+def test_bidir_two_steps_a_chunk_gpu(monkeypatch):
+    """The pair with two steps a chunk at one lane a channel (a candidate tile, not the rule's) at Vim-Ti 1248."""
+    monkeypatch.setattr(triton_scan, "_CONFIG_OVERRIDE", {"fwd": (2, 16, 1, 1, 1, 32, 1, False)})
+    _bidir_compare(64, 384, 16, 6085, torch.bfloat16, seed=15, ref_batch=4)
+
+
+@pytest.mark.gpu
+@gpu
 @pytest.mark.parametrize("dim", [384, 768], ids=["vim-ti", "vim-s"])
 def test_bidir_training_size_gpu(dim):
     """The training target's size, forward and both directions' backward each in one launch: Vim-Ti and Vim-S
