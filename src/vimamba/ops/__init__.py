@@ -181,20 +181,25 @@ def add_rms_norm(
 SCAN_STATES_FP32_MIN_LENGTH: int | None = 1024
 
 
-def _scan_states_fp32(u: torch.Tensor, backend: str | None) -> bool:
+def _scan_states_fp32(u: torch.Tensor, resolved: str) -> bool:
     """Whether the projections hand B and C to the scan in fp32. The forward scan then reads them without the
     16-bit-to-fp32 conversions, 32 of its ~213 instructions a step (sm_90, Triton 3.6, the 1248 pair's tile:
     ``benchmarks/scan_sass.py fwd --bc-dtype fp32``), and without autograd they cost nothing more to make: the
     x_proj product writes its fp32 accumulator (``ssm_proj.reference.x_proj_fp32``)."""
-    return (SCAN_STATES_FP32_MIN_LENGTH is not None and u.shape[-1] >= SCAN_STATES_FP32_MIN_LENGTH
-            and resolve_backend(u, backend) == "triton")
+    return (resolved == "triton" and SCAN_STATES_FP32_MIN_LENGTH is not None
+            and u.shape[-1] >= SCAN_STATES_FP32_MIN_LENGTH)
 
 
 def ssm_projections_fused(u: torch.Tensor, x_proj_weight: torch.Tensor | None = None,
                           dt_proj_weight: torch.Tensor | None = None, *, backend: str | None = None) -> bool:
     """Whether ``ssm_projections_fn`` takes the fused kernel for these arguments (weights None: weights of u's
     dtype or autocast's)."""
-    if resolve_backend(u, backend) != "triton" or (backend is None and not ssm_proj.fused_by_default(u)):
+    return _takes_fused_projections(u, x_proj_weight, dt_proj_weight, resolve_backend(u, backend), backend is None)
+
+
+def _takes_fused_projections(u, x_proj_weight, dt_proj_weight, resolved: str, automatic: bool) -> bool:
+    """``ssm_projections_fused`` for a backend already resolved (``automatic``: no backend was asked for)."""
+    if resolved != "triton" or (automatic and not ssm_proj.fused_by_default(u)):
         return False
     # the kernel computes in u's dtype: what the reference does under autocast to that dtype, or without
     # autocast when the weights have it too
@@ -225,14 +230,12 @@ def ssm_projections_fn(
     The fused kernel computes in u's dtype (the weights rounded to it, as autocast casts them for the reference's
     ``F.linear``); where the reference would not (autocast to another dtype; weights of another dtype without
     autocast) the call runs the reference."""
-    def ref():
-        states = torch.float32 if _scan_states_fp32(u, backend) else None
+    resolved = resolve_backend(u, backend)  # once a call: it reads the environment
+    states_fp32 = _scan_states_fp32(u, resolved)
+    if not _takes_fused_projections(u, x_proj_weight, dt_proj_weight, resolved, backend is None):
+        states = torch.float32 if states_fp32 else None
         first = ssm_projections_ref(u, x_proj_weight, dt_proj_weight, states)
         return first if second is None else (first, ssm_projections_ref(*second, states))
-
-    if not ssm_projections_fused(u, x_proj_weight, dt_proj_weight, backend=backend):
-        return ref()
     from .ssm_proj.triton_ssm_proj import ssm_projections_triton
 
-    return ssm_projections_triton(u, x_proj_weight, dt_proj_weight, second,
-                                  states_fp32=_scan_states_fp32(u, backend))
+    return ssm_projections_triton(u, x_proj_weight, dt_proj_weight, second, states_fp32=states_fp32)
