@@ -31,16 +31,17 @@ from _override_run import apply_settings  # noqa: E402  (benchmarks/ is this scr
 # dd976f0); -h200-v20: the sum over states as four chains (0.988x, Vim-S 0.972x), softplus's polynomial by Estrin's
 # scheme (1.000x / 0.976x), both (0.970x / 0.971x; commit aa8aa3d has them), two lanes a channel ({"fwd": [1, 8,
 # 1, 1, 2, 16, 2, False]}: 0.749x / 0.754x), one in_proj product and the stacked branches at every size
-# ({"vimamba.layers.mamba_mixer:ONE_IN_PROJ_MAX_ELEMENTS": 1 << 40}: 1.025x / 0.995x): none adopted. Standing
-# here: the defaults against cuBLAS's projections and the 16-bit B/C of before.
+# ({"vimamba.layers.mamba_mixer:ONE_IN_PROJ_MAX_ELEMENTS": 1 << 40}: 1.025x / 0.995x): none adopted. Session 14
+# (-h100-v21): two steps a chunk at one lane a channel, below. Standing here: the defaults against cuBLAS's
+# projections and the 16-bit B/C of before.
 VARIANTS = {
     "defaults": {},
     "cuBLAS projections": {"vimamba.ops.ssm_proj:FUSED_BY_DEFAULT": False},
     "B/C in 16 bits": {"vimamba.ops:SCAN_STATES_FP32_MIN_LENGTH": None},
     # two steps a chunk at one lane a channel, now that Triton 3.6 keeps the step axis inside the thread there
     # (the forward's u/delta/z/output pointers declared contiguous along the lanes): 343 instructions for two
-    # steps (519 before, 70 MUFU where 38 are due); a longer loop body for ptxas to overlap a step's exps with
-    # the other's chain. Not timed yet (session 13 had no device time left)
+    # steps (519 before, 70 MUFU where 38 are due). In the model (-h100-v21) 0.994x for Vim-Ti and 0.952x for
+    # Vim-S; with two chunks ahead 0.960x / 0.950x: the longer loop body gave ptxas nothing to overlap
     "two steps a chunk": {"fwd": [2, 16, 1, 1, 1, 32, 1, False]},
     "two steps a chunk, two chunks ahead": {"fwd": [2, 16, 1, 1, 1, 32, 2, False]},
 }
