@@ -1,7 +1,7 @@
 """What the training-speed scripts (``seg_train_speed.py``, ``det_train_speed.py``) share: one optimiser step
 under autocast, its timing between CUDA events after untimed warm-up, the timing flags, the environment line,
-the printed table and the JSON file; and the host-side timer of the CPU scripts (``wrapper_overhead.py``,
-``host_profile_cpu.py``).
+the printed table and the JSON file; the host-side timer of the CPU scripts (``wrapper_overhead.py``,
+``host_profile_cpu.py``); and the kernel table of the profiling scripts (``model_variants.py``, ``scan_sweep.py``).
 
 The scripts import it by name: Python puts a script's own folder first on ``sys.path``.
 """
@@ -119,3 +119,10 @@ def write_results(path: str | None, env: dict, rows: list[dict]) -> None:
         with open(path, "w") as f:
             json.dump({"env": env, "rows": rows}, f, indent=2)
             f.write("\n")
+
+
+def gpu_kernels(prof, top: int) -> tuple[list[dict], float]:
+    """A torch.profiler run's ``top`` kernels by GPU time (name, calls, ms) and the GPU milliseconds of all."""
+    events = sorted((e for e in prof.key_averages() if e.device_time_total > 0), key=lambda e: -e.device_time_total)
+    kernels = [{"name": e.key[:90], "calls": e.count, "ms": e.device_time_total / 1e3} for e in events[:top]]
+    return kernels, sum(e.device_time_total for e in events) / 1e3

@@ -22,6 +22,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "src"))
 from _override_run import apply_settings  # noqa: E402  (benchmarks/ is this script's directory)
+from _timing import gpu_kernels  # noqa: E402
 
 # Session 12 timed three sets (model_variants-h200-v13 and -h100-v13b: the prefetches and fp32 B/C, adopted; -v14:
 # prefetch distances and inputs two steps ahead, not; -v15: the decays a step early, 12% slower, removed; v16: the
@@ -130,8 +131,7 @@ def _profile_forward(model, x, top: int = 10) -> list:
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
             model(x)
             torch.cuda.synchronize()
-    events = sorted((e for e in prof.key_averages() if e.device_time_total > 0), key=lambda e: -e.device_time_total)
-    return [{"name": e.key[:90], "calls": e.count, "ms": e.device_time_total / 1e3} for e in events[:top]]
+    return gpu_kernels(prof, top)[0]
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "tests"))
 
+from _timing import gpu_kernels
 from test_ops_selective_scan_triton import _inputs
 
 from vimamba.ops.selective_scan import triton_scan
@@ -343,10 +344,7 @@ def profile_model(name, img_size, batch, train):
         run()
         torch.cuda.synchronize()
         wall_ms = (time.perf_counter() - t0) * 1e3
-    events = [e for e in prof.key_averages() if e.device_time_total > 0]
-    events.sort(key=lambda e: -e.device_time_total)
-    total = sum(e.device_time_total for e in events) / 1e3
-    kernels = [{"name": e.key[:90], "calls": e.count, "ms": e.device_time_total / 1e3} for e in events[:30]]
+    kernels, total = gpu_kernels(prof, 30)
     return {"model": name, "img_size": img_size, "batch": batch, "train": train, "wall_ms": wall_ms, "gpu_ms": total,
                 "kernels": kernels}
 

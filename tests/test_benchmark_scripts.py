@@ -179,3 +179,22 @@ def test_model_variants_refuses_an_unknown_variant():
                           cwd=ROOT, timeout=120)
     assert done.returncode != 0
     assert "unknown variant" in done.stderr and "'defaults'" in done.stderr
+
+
+def test_gpu_kernel_table_sorts_and_sums():
+    """The profiling scripts' kernel table: GPU-time order, host-only events left out, the total over all."""
+    from types import SimpleNamespace
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from _timing import gpu_kernels
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    events = [SimpleNamespace(key="scan", count=24, device_time_total=6000.0),
+              SimpleNamespace(key="aten::empty", count=99, device_time_total=0.0),
+              SimpleNamespace(key="conv", count=24, device_time_total=1500.0),
+              SimpleNamespace(key="norm", count=25, device_time_total=500.0)]
+    prof = SimpleNamespace(key_averages=lambda: events)
+    kernels, total = gpu_kernels(prof, 2)
+    assert [k["name"] for k in kernels] == ["scan", "conv"] and kernels[0]["calls"] == 24
+    assert kernels[0]["ms"] == pytest.approx(6.0) and total == pytest.approx(8.0)
