@@ -15,7 +15,7 @@ demo: setup
 
 # The default suite (what CI runs): everything but tests marked slow or gpu.
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 # The long CPU tests, excluded from the default run.
 test-slow: setup
