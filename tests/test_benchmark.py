@@ -36,6 +36,23 @@ def test_default_cases_cover_the_targets():
         benchmark.default_cases(["resnet50"])
 
 
+def test_one_batch_for_every_size():
+    cases = benchmark.default_cases(["vim_tiny", "deit_tiny_sdpa"], batch=16)
+    infer = [(c.model, c.img_size, c.batch) for c in cases if c.mode == "infer"]
+    sizes = sorted({s for s, _ in benchmark.TINY_INFER})
+    assert sorted(infer) == sorted((m, s, 16) for m in ("vim_tiny", "deit_tiny_sdpa") for s in sizes)
+    assert {c.batch for c in cases if c.mode == "train"} == {b for _, b in benchmark.TRAIN}
+    with pytest.raises(ValueError, match="batch must be a positive number of images, got 0"):
+        benchmark.default_cases(["vim_tiny"], batch=0)
+
+
+def test_bench_cli_refuses_a_bad_batch_before_looking_for_a_gpu(capsys):
+    from vimamba.cli.main import main
+
+    assert main(["bench", "--batch-size", "0"]) == 2
+    assert "batch must be a positive number of images, got 0" in capsys.readouterr().err
+
+
 def test_ratios_table_and_files(tmp_path):
     results = fake_results()
     rows = {r["measure"]: r for r in benchmark.target_ratios(results)}

@@ -67,13 +67,20 @@ class BenchResult:
 
 
 def default_cases(models: Iterable[str], sizes: Iterable[int] | None = None, train: bool = True,
-                  graph: bool = False) -> list[BenchCase]:
+                  graph: bool = False, batch: int | None = None) -> list[BenchCase]:
+    """The cases to time: inference at the anchors' (size, batch) pairs, or at ``batch`` for every size (one
+    batch along the whole curve; the training steps keep theirs), and the training steps unless ``train`` is
+    False."""
+    if batch is not None and batch < 1:
+        raise ValueError(f"batch must be a positive number of images, got {batch}")
     sizes = set(sizes) if sizes is not None else None
     cases = []
     for name in models:
         if name not in MODELS:
             raise ValueError(f"unknown benchmark model {name!r}; choose from {', '.join(MODELS)}")
         grid = TINY_INFER if "tiny" in name else SMALL_INFER
+        if batch is not None:
+            grid = [(s, batch) for s in sorted({s for s, _ in grid})]
         cases += [BenchCase(name, "infer", s, b) for s, b in grid if sizes is None or s in sizes]
         if graph:
             cases += [BenchCase(name, "graph", s, b) for s, b in grid if sizes is None or s in sizes]

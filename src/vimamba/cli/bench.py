@@ -26,6 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         metavar="NAME", help=f"what to measure (default: all of {', '.join(benchmark.MODELS)})")
     parser.add_argument("--img-size", nargs="+", type=int, metavar="SIZE",
                         help="only these inference sizes (default: 224 512 738 1024 1248)")
+    parser.add_argument("--batch-size", type=int, metavar="N",
+                        help="inference batch for every size (default: the anchors' batches, 128 at 224 down to 8 at "
+                             "1024 and 1248, and 64 / 32 at 1248 for the targets); training steps keep batch 128")
     parser.add_argument("--no-train", action="store_true", help="skip the training-step measurements")
     parser.add_argument("--cuda-graph", action="store_true",
                         help="also time every inference case as the replay of a CUDA graph (mode 'graph'), and every "
@@ -38,9 +41,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    try:
+        cases = benchmark.default_cases(args.models, args.img_size, train=not args.no_train, graph=args.cuda_graph,
+                                        batch=args.batch_size)
+    except ValueError as err:
+        raise CLIError(str(err)) from None
     if not torch.cuda.is_available():
         raise CLIError("bench measures GPU speed and needs a CUDA device; none is visible to PyTorch")
-    cases = benchmark.default_cases(args.models, args.img_size, train=not args.no_train, graph=args.cuda_graph)
     dtype = DTYPES[args.dtype]
     env = benchmark.environment(dtype)
     print(f"device: {env['device']}  torch {env['torch']}  triton {env.get('triton', '-')}  timm {env['timm']}  "
