@@ -42,7 +42,7 @@ VARIANTS = {
     # two steps a chunk at one lane a channel, now that Triton 3.6 keeps the step axis inside the thread there
     # (the forward's u/delta/z/output pointers declared contiguous along the lanes): 343 instructions for two
     # steps (519 before, 70 MUFU where 38 are due). In the model (-h100-v21) 0.994x for Vim-Ti and 0.952x for
-    # Vim-S; with two chunks ahead 0.960x / 0.950x: the longer loop body gave ptxas nothing to overlap
+    # Vim-S; with two chunks ahead 0.960x / 0.950x (the longer loop body's schedule was not examined)
     "two steps a chunk": {"fwd": [2, 16, 1, 1, 1, 32, 1, False]},
     "two steps a chunk, two chunks ahead": {"fwd": [2, 16, 1, 1, 1, 32, 2, False]},
 }
